@@ -1,0 +1,98 @@
+"""The read-only recording API (``/v1/recordings``) and the operations routes
+(``/healthz``, ``/readyz``, ``/metrics``)."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from recsink import state
+from recsink.auth import matches_any
+from recsink.catalog import Status
+from recsink.errors import RecsinkError, bad_request
+from recsink.metrics import CONTENT_TYPE_LATEST
+from recsink.storage import StorageError
+
+MAX_LIMIT = 1000
+
+
+def _authorize(request: web.Request) -> None:
+    """``api.tokens`` as bearer tokens when configured, else the upload credentials."""
+    tokens = [t.get_secret_value() for t in request.app[state.SETTINGS].api.tokens]
+    authorization = request.headers.get(hdrs.AUTHORIZATION)
+    auth = request.app[state.AUTH]
+    if tokens:
+        auth.check_network(request.remote)
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not matches_any(value.strip(), tokens):
+            raise RecsinkError(401, "unauthorized", "missing or wrong API token")
+        return
+    auth.check(request.remote, authorization, [], request.query)
+
+
+async def list_recordings(request: web.Request) -> web.Response:
+    """``GET /v1/recordings?call_id=&recording_id=&status=&limit=``: newest first.
+    Answers ``{"recordings": [<recording resource>, …]}``."""
+    _authorize(request)
+    status = request.query.get("status")
+    if status is not None and status not in Status.__members__.values():
+        raise bad_request("bad_query", f"status must be one of {[s.value for s in Status]}")
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise bad_request("bad_query", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise bad_request("bad_query", f"limit must be between 1 and {MAX_LIMIT}")
+    records = await request.app[state.CATALOG].search(
+        call_id=request.query.get("call_id"), recording_id=request.query.get("recording_id"),
+        status=Status(status) if status else None, limit=limit)
+    return web.json_response({"recordings": [r.resource() for r in records]})
+
+
+async def get_recording(request: web.Request) -> web.Response:
+    """``GET /v1/recordings/{id}``: one recording resource by recsink id (``rec_…``) or by
+    the sender's recording id."""
+    _authorize(request)
+    wanted = request.match_info["id"]
+    catalog = request.app[state.CATALOG]
+    record = await catalog.get(wanted)
+    if record is None:
+        matches = await catalog.search(recording_id=wanted, limit=1)
+        record = matches[0] if matches else None
+    if record is None:
+        raise RecsinkError(404, "not_found", f"no recording {wanted!r}")
+    return web.json_response(record.resource())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: storage is writable and the catalog answers; 503 otherwise."""
+    problems = {}
+    try:
+        await request.app[state.STORAGE].check_writable()
+    except StorageError as exc:
+        problems["storage"] = str(exc)
+    try:
+        await request.app[state.CATALOG].ping()
+    except Exception as exc:
+        problems["catalog"] = repr(exc)
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[state.METRICS].render()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/recordings", list_recordings)
+    app.router.add_get("/v1/recordings/{id}", get_recording)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

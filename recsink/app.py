@@ -1,0 +1,119 @@
+"""``create_app(settings)``: wires routes, the error middleware and resource lifetimes.
+
+Nothing here stores, parses or decides; it only connects the pieces (aiohttp-demos style).
+Catalog, storage and ingestor live in ``cleanup_ctx``: opened (storage swept, interrupted
+records recovered) before the first request, closed after the last.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from recsink import api, logs, state
+from recsink.auth import UploadAuth
+from recsink.catalog import Catalog
+from recsink.config import Settings
+from recsink.errors import RecsinkError
+from recsink.ingest import Ingestor
+from recsink.metrics import Metrics
+from recsink.sources import kazoo
+from recsink.storage.disk import DiskStorage
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The recsink application for ``settings`` (served by :mod:`recsink.server`, or by the
+    aiohttp test client in tests)."""
+    app = web.Application(middlewares=[request_context])
+    app[state.SETTINGS] = settings
+    app[state.AUTH] = UploadAuth(settings.auth)
+    app[state.METRICS] = Metrics()
+    app.cleanup_ctx.append(resources)
+    kazoo.add_routes(app, settings.kazoo.prefixes)
+    api.add_routes(app)
+    return app
+
+
+async def resources(app: web.Application) -> AsyncIterator[None]:
+    """Open catalog and storage, recover interrupted uploads; close the catalog at exit."""
+    settings = app[state.SETTINGS]
+    log = logs.get_logger()
+    storage = DiskStorage(settings.storage.disk.root, fsync=settings.storage.disk.fsync)
+    swept = await storage.start()
+    catalog = await Catalog.open(settings.catalog.path)
+    try:
+        ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, catalog,
+                            app[state.METRICS])
+        completed, failed = await ingestor.recover()
+        log.info("storage.ready", backend="disk", root=str(storage.root),
+                 staging_swept=swept, catalog=str(settings.catalog.path),
+                 recovered_completed=completed, recovered_failed=failed)
+        app[state.STORAGE] = storage
+        app[state.CATALOG] = catalog
+        app[state.INGESTOR] = ingestor
+        yield
+    finally:
+        await catalog.close()
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").isalnum():
+        return given
+    return secrets.token_hex(8)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of the request, render errors as JSON
+    ``{"error", "detail"}`` and log each refused or failed request once."""
+    logs.clear_request()
+    request_id = _request_id(request)
+    logs.bind_request(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except RecsinkError as exc:
+        _log_error(request, exc, started)
+        response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = RecsinkError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        _log_error(request, error, started)
+        response = web.json_response(error.body(), status=exc.status)
+        if exc.status == 405:
+            response.headers["Allow"] = exc.headers.get("Allow", "")
+    except Exception as exc:
+        error = RecsinkError(500, "internal_error", "recsink could not handle this request")
+        _log_error(request, error, started, exc_info=exc)
+        response = web.json_response(error.body(), status=500)
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def _log_error(
+    request: web.Request, exc: RecsinkError, started: float, exc_info: BaseException | None = None
+) -> None:
+    source = request.get("upload_source")
+    fields = dict(status=exc.status, error=exc.error, detail=exc.detail,
+                  method=request.method, remote=request.remote,
+                  elapsed_ms=round((time.perf_counter() - started) * 1000, 1), **exc.fields)
+    log = logs.get_logger()
+    if source is None:
+        log.warning("request.rejected", **fields)
+        return
+    # An upload that got as far as a record (or broke on our side) failed; the rest were
+    # refused before anything was kept.
+    failed = "record_id" in exc.fields or exc.status >= 500
+    request.app[state.METRICS].uploads.labels(source, "failed" if failed else "rejected").inc()
+    if failed:
+        log.error("upload.failed", exc_info=exc_info, **fields)
+    else:
+        log.warning("upload.rejected", **fields)

@@ -1,0 +1,139 @@
+"""Audio facts: what a body is (sniffed from its first bytes) and how long it plays.
+
+The format is decided from the bytes, never from Content-Type or the file name:
+
+* ``wav``: ``RIFF<size>WAVE`` (RIFF/WAVE, as FreeSWITCH writes it);
+* ``mp3``: an ID3v2 tag (``ID3`` + version < 0xFF + flags) or a bare MPEG audio frame header
+  (11-bit frame sync, a defined version, layer, bitrate and sample rate).
+
+Duration, sample rate and channels come from mutagen reading the stored file's headers in a
+worker thread; nothing is loaded into memory.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mutagen
+import mutagen.mp3
+import mutagen.wave
+from mutagen.mp3._util import XingHeader, XingHeaderError
+
+#: Bytes :func:`sniff` and :func:`is_probe` look at (fewer only when the body is shorter).
+SNIFF_BYTES = 32
+
+
+class Format(enum.StrEnum):
+    """A stored body's format; the value is its file extension."""
+
+    WAV = "wav"
+    MP3 = "mp3"
+    #: Kazoo's storage-plan credentials probe, ``some random content: <32 hex>`` (text/plain,
+    #: specs/kazoo.md §5.5): stored only so that the GET probe can return it.
+    PROBE = "txt"
+
+    @property
+    def media_type(self) -> str:
+        return _MEDIA_TYPES[self]
+
+
+_MEDIA_TYPES = {Format.WAV: "audio/wav", Format.MP3: "audio/mpeg", Format.PROBE: "text/plain"}
+
+#: cb_storage.erl ``Content = <<"some random content: ", Random/binary>>`` (32 hex).
+PROBE_PREFIX = b"some random content: "
+PROBE_MAX_BYTES = 1024
+
+
+def sniff(head: bytes) -> Format | None:
+    """The format of a body that starts with ``head`` (>= :data:`SNIFF_BYTES` unless the
+    body is shorter), or None when it is neither WAV nor MP3."""
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return Format.WAV
+    if len(head) >= 10 and head[:3] == b"ID3" and head[3] != 0xFF and head[4] != 0xFF:
+        return Format.MP3
+    if len(head) >= 4 and _is_mpeg_frame_header(head):
+        return Format.MP3
+    return None
+
+
+def is_probe(head: bytes) -> bool:
+    """True when ``head`` starts like Kazoo's storage credentials probe file."""
+    return head.startswith(PROBE_PREFIX)
+
+
+def _is_mpeg_frame_header(head: bytes) -> bool:
+    # AAAAAAAA AAABBCCD EEEEFFGH: A sync, B version (01 reserved), C layer (00 reserved),
+    # E bitrate index (1111 invalid), F sample-rate index (11 reserved).
+    if head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version = (head[1] >> 3) & 0b11
+    layer = (head[1] >> 1) & 0b11
+    bitrate = head[2] >> 4
+    rate = (head[2] >> 2) & 0b11
+    return version != 0b01 and layer != 0b00 and bitrate != 0b1111 and rate != 0b11
+
+
+@dataclass(frozen=True)
+class AudioFacts:
+    """What mutagen could read from a stored file; each field None when unknown.
+
+    ``duration_ms``: play time in milliseconds (for MP3, the length of the whole MPEG stream,
+    see :func:`_mpeg_stream_seconds`);
+    ``sample_rate``: Hz; ``channels``: 1 mono, 2 stereo.
+    """
+
+    duration_ms: int | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+
+def probe(path: Path, fmt: Format) -> AudioFacts:
+    """Read duration, sample rate and channels from the file at ``path`` (blocking: call it
+    in a worker thread). A file whose headers mutagen cannot read gives empty facts; that is
+    not an error, the recording is kept as it came."""
+    info: Any
+    try:
+        if fmt is Format.WAV:
+            info = mutagen.wave.WAVE(path).info
+            length = float(info.length)
+        elif fmt is Format.MP3:
+            info = mutagen.mp3.MP3(path).info
+            length = _mpeg_stream_seconds(path, info)
+        else:
+            return AudioFacts()
+    except (mutagen.MutagenError, OSError, ValueError, ZeroDivisionError):
+        return AudioFacts()
+    return AudioFacts(
+        duration_ms=round(length * 1000) if length and length > 0 else None,
+        sample_rate=info.sample_rate or None,
+        channels=info.channels or None,
+    )
+
+
+def _mpeg_stream_seconds(path: Path, info: Any) -> float:
+    """Duration of the whole MPEG stream: every frame in the file x samples per frame.
+
+    mutagen's ``length`` is the gapless length (LAME's encoder delay and padding removed, and
+    the Xing/Info frame, which decodes to one frame of silence, left out). Call recordings are
+    judged by their stream length, which is also what ffprobe reports for a CBR file, so the
+    Info frame and the padding are counted. Files without a Xing/Info frame keep mutagen's
+    figure (from the frame count or the bitrate).
+    """
+    if info.layer == 1:
+        samples_per_frame = 384
+    elif info.version == 1 or info.layer == 2:
+        samples_per_frame = 1152
+    else:
+        samples_per_frame = 576
+    with path.open("rb") as fh:
+        fh.seek(info.frame_offset + XingHeader.get_offset(info))
+        try:
+            frames = int(XingHeader(fh).frames)
+        except XingHeaderError:
+            frames = -1
+    if frames <= 0:
+        return float(info.length)
+    return float((frames + 1) * samples_per_frame / info.sample_rate)

@@ -1,0 +1,96 @@
+"""Request bodies as :class:`recsink.ingest.Body` streams: raw, or one multipart part.
+
+Both read aiohttp's stream directly (``request.content``; aiohttp #854: never
+``request.read()`` or ``post()``, which buffer the whole body), give up after
+``server.body_idle_timeout`` seconds without a byte (408), and turn a client that went away
+into a 400 ``client_disconnected`` so ingest fails the upload and commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections.abc import Awaitable
+
+from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from recsink.errors import RecsinkError, bad_request
+
+# A client that goes away mid-body surfaces as one of these from aiohttp's payload reader.
+_BROKEN = (ConnectionError, web.RequestPayloadError, HttpProcessingError,
+           asyncio.IncompleteReadError)
+
+
+async def _guarded(read: Awaitable[bytes], idle_timeout: float) -> bytes:
+    try:
+        async with asyncio.timeout(idle_timeout):
+            return await read
+    except TimeoutError:
+        raise RecsinkError(
+            408, "body_timeout", f"no body bytes for {idle_timeout:g} seconds") from None
+    except _BROKEN as exc:
+        raise bad_request(
+            "client_disconnected", f"the body broke off: {exc or type(exc).__name__}") from exc
+
+
+class RawBody:
+    """The whole request body (``PUT``/``POST`` of raw audio)."""
+
+    def __init__(self, stream: StreamReader, idle_timeout: float) -> None:
+        self._stream = stream
+        self._idle = idle_timeout
+
+    async def read(self, n: int) -> bytes:
+        return await _guarded(self._stream.read(n), self._idle)
+
+
+_BASE64_START = re.compile(rb"[A-Za-z0-9+/]{8}")
+#: base64 of what a recording (or Kazoo's probe) starts with: "ID3", "RIFF", an MPEG frame
+#: sync byte 0xFF (``/`` then one of ``+/0-9A-Za-z``), "some random content: ".
+_BASE64_MAGIC = (b"SUQz", b"UklGR", b"/", b"c29tZSByYW5kb20gY29udGVudDog")
+
+
+class PartBody:
+    """One ``multipart/form-data`` part; base64 content is decoded as it streams.
+
+    Kazoo's ``base64_encode_data`` sends the media part as base64 without a
+    Content-Transfer-Encoding header (specs/kazoo.md §4.2), so encoding is recognised from the
+    part's first bytes: raw audio never starts with base64 text, and the base64 of a
+    recording's magic bytes is distinctive.
+    """
+
+    def __init__(self, part: BodyPartReader, idle_timeout: float) -> None:
+        self._part = part
+        self._idle = idle_timeout
+        self._base64: bool | None = None
+        self._carry = b""  # base64 characters after the last complete quartet
+
+    async def read(self, n: int) -> bytes:
+        while True:
+            data = await _guarded(self._part.read_chunk(max(n, 8192)), self._idle)
+            if self._base64 is None and data:
+                self._base64 = _looks_base64(data)
+            if not self._base64:
+                return data
+            decoded = self._decode(data)
+            if decoded or not data:
+                return decoded
+
+    def _decode(self, data: bytes) -> bytes:
+        text = self._carry + data.replace(b"\r", b"").replace(b"\n", b"")
+        if data:
+            cut = len(text) - len(text) % 4
+            text, self._carry = text[:cut], text[cut:]
+        elif text and len(text) % 4:
+            raise bad_request("bad_base64", "the media part's base64 is truncated")
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error as exc:
+            raise bad_request("bad_base64", f"the media part is not valid base64: {exc}") from exc
+
+
+def _looks_base64(data: bytes) -> bool:
+    return bool(_BASE64_START.match(data)) and data.startswith(_BASE64_MAGIC)

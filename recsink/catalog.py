@@ -1,0 +1,311 @@
+"""The catalog: one SQLite row per recording, its idempotency key and its status.
+
+Statuses (DESIGN.md "Status model"): ``recording`` → ``uploading`` → ``completed`` |
+``failed``; ``discarded`` when a policy drops a recording on purpose.
+
+Idempotency keys are unique (``UNIQUE`` index), so at most one row, and so one stored object,
+exists per key. A key is ``<source>:rid:<sender's recording id>`` when the sender names the
+recording, else ``<source>:sha:<call_id>:<sha256 of the body>``, set when the body is complete.
+
+Every write is its own transaction in WAL mode with ``synchronous=FULL``: once a method
+returns, the change survives a crash. One connection serializes all access (aiosqlite runs it
+in one thread).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    id              TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    source          TEXT NOT NULL,
+    recording_id    TEXT,
+    call_id         TEXT,
+    interaction_id  TEXT,
+    account_id      TEXT,
+    from_uri        TEXT,
+    to_uri          TEXT,
+    status          TEXT NOT NULL CHECK (status IN
+                        ('recording', 'uploading', 'completed', 'failed', 'discarded')),
+    started_at      TEXT,
+    stopped_at      TEXT,
+    duration_ms     INTEGER,
+    byte_size       INTEGER,
+    media_type      TEXT,
+    format          TEXT,
+    channels        INTEGER,
+    sample_rate     INTEGER,
+    sha256          TEXT,
+    storage_key     TEXT,
+    storage_url     TEXT,
+    name            TEXT,
+    metadata        TEXT NOT NULL DEFAULT '{}',
+    error           TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 1,
+    received_at     TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS recordings_call_id ON recordings (call_id, received_at);
+CREATE INDEX IF NOT EXISTS recordings_recording_id ON recordings (recording_id);
+CREATE INDEX IF NOT EXISTS recordings_status ON recordings (status);
+"""
+
+
+class Status(enum.StrEnum):
+    RECORDING = "recording"
+    UPLOADING = "uploading"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DISCARDED = "discarded"
+
+
+#: A recording in one of these states is settled: a repeat of it is a duplicate.
+SETTLED = frozenset({Status.COMPLETED, Status.DISCARDED})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(when: datetime | None) -> str | None:
+    """``2024-03-12T14:00:00Z`` (UTC, microseconds only when present)."""
+    if when is None:
+        return None
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def new_id() -> str:
+    """recsink's own id for a record: ``rec_`` + 20 random hex digits."""
+    return "rec_" + secrets.token_hex(10)
+
+
+@dataclass
+class Recording:
+    """A recording record (DESIGN.md "Status model"). Times are UTC; ``duration_ms`` in
+    milliseconds; ``byte_size`` in bytes; ``sample_rate`` in Hz."""
+
+    id: str
+    source: str
+    status: Status
+    received_at: datetime
+    idempotency_key: str | None = None
+    recording_id: str | None = None
+    call_id: str | None = None
+    interaction_id: str | None = None
+    account_id: str | None = None
+    from_uri: str | None = None
+    to_uri: str | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    duration_ms: int | None = None
+    byte_size: int | None = None
+    media_type: str | None = None
+    format: str | None = None
+    channels: int | None = None
+    sample_rate: int | None = None
+    sha256: str | None = None
+    storage_key: str | None = None
+    storage_url: str | None = None
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    attempts: int = 1
+    updated_at: datetime | None = None
+
+    def resource(self) -> dict[str, Any]:
+        """The recording resource as served by the API and upload responses."""
+        return {
+            "id": self.id,
+            "recording_id": self.recording_id,
+            "source": self.source,
+            "call_id": self.call_id,
+            "interaction_id": self.interaction_id,
+            "account_id": self.account_id,
+            "from": self.from_uri,
+            "to": self.to_uri,
+            "status": str(self.status),
+            "started_at": iso(self.started_at),
+            "stopped_at": iso(self.stopped_at),
+            "duration_ms": self.duration_ms,
+            "byte_size": self.byte_size,
+            "media_type": self.media_type,
+            "format": self.format,
+            "channels": self.channels,
+            "sample_rate": self.sample_rate,
+            "sha256": self.sha256,
+            "storage_url": self.storage_url,
+            "received_at": iso(self.received_at),
+            "updated_at": iso(self.updated_at),
+            "attempts": self.attempts,
+            "error": self.error,
+            "metadata": self.metadata,
+        }
+
+
+_TIMES = {"received_at", "started_at", "stopped_at", "updated_at"}
+
+
+def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
+    row = {}
+    for name, value in values.items():
+        if name in _TIMES:
+            value = iso(value)
+        elif name == "metadata":
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        row[name] = value
+    return row
+
+
+def _from_row(row: aiosqlite.Row) -> Recording:
+    values = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row is not a Mapping)
+    for name in _TIMES:
+        values[name] = _parse_iso(values[name])
+    values["metadata"] = json.loads(values["metadata"])
+    values["status"] = Status(values["status"])
+    return Recording(**values)
+
+
+class Catalog:
+    """Async access to the recordings table. Use :meth:`open`, then :meth:`close`."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Catalog:
+        """Open (creating if needed) the catalog at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(_SCHEMA)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def ping(self) -> None:
+        """Raise unless the catalog answers a query."""
+        await self._db.execute_fetchall("SELECT 1")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def get(self, record_id: str) -> Recording | None:
+        return await self._one("SELECT * FROM recordings WHERE id = ?", (record_id,))
+
+    async def by_key(self, key: str) -> Recording | None:
+        return await self._one("SELECT * FROM recordings WHERE idempotency_key = ?", (key,))
+
+    async def latest_completed(
+        self, source: str, call_id: str, name: str | None = None
+    ) -> Recording | None:
+        """The newest completed recording of ``call_id`` from ``source`` (with that file
+        ``name`` when given)."""
+        return await self._one(
+            "SELECT * FROM recordings WHERE source = ? AND call_id = ? AND status = ?"
+            " AND (? IS NULL OR name = ?) ORDER BY received_at DESC LIMIT 1",
+            (source, call_id, Status.COMPLETED.value, name, name))
+
+    async def search(
+        self,
+        *,
+        call_id: str | None = None,
+        recording_id: str | None = None,
+        status: Status | None = None,
+        limit: int = 100,
+    ) -> list[Recording]:
+        """Records matching every given filter, newest first."""
+        where, args = [], []
+        for column, value in (("call_id", call_id), ("recording_id", recording_id),
+                              ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(str(value))
+        sql = "SELECT * FROM recordings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY received_at DESC LIMIT ?"
+        rows = await self._db.execute_fetchall(sql, (*args, limit))
+        return [_from_row(r) for r in rows]
+
+    async def interrupted(self) -> list[Recording]:
+        """Records left ``uploading`` by a process that stopped (call before serving)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT * FROM recordings WHERE status = ?", (Status.UPLOADING.value,))
+        return [_from_row(r) for r in rows]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def begin(self, record: Recording) -> Recording:
+        """Start an upload attempt for ``record`` and return the row it runs on.
+
+        Without an idempotency key a new row is inserted. With one, the existing row of that
+        key is reused: if it is settled (completed or discarded) it is returned unchanged,
+        which means the upload is a duplicate; otherwise it goes back to ``uploading`` with
+        one more attempt counted.
+        """
+        row = _to_row(asdict(record))
+        row["updated_at"] = row["received_at"]
+        columns = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        settled = ", ".join(f"'{s.value}'" for s in SETTLED)
+        sql = f"INSERT INTO recordings ({columns}) VALUES ({marks})"  # noqa: S608
+        if record.idempotency_key is not None:
+            sql += f"""
+                ON CONFLICT (idempotency_key) DO UPDATE SET
+                    attempts = attempts + (status NOT IN ({settled})),
+                    error = CASE WHEN status IN ({settled}) THEN error ELSE NULL END,
+                    updated_at = CASE WHEN status IN ({settled}) THEN updated_at
+                                      ELSE excluded.updated_at END,
+                    status = CASE WHEN status IN ({settled}) THEN status
+                                  ELSE excluded.status END"""
+        sql += " RETURNING *"
+        rows = await self._db.execute_fetchall(sql, row)
+        return _from_row(next(iter(rows)))
+
+    async def update(self, record_id: str, **values: Any) -> Recording:
+        """Set columns of one record (``updated_at`` too) and return the record."""
+        values["updated_at"] = utcnow()
+        row = _to_row(values)
+        assigns = ", ".join(f"{c} = :{c}" for c in row)
+        rows = await self._db.execute_fetchall(
+            f"UPDATE recordings SET {assigns} WHERE id = :_id RETURNING *",  # noqa: S608
+            {**row, "_id": record_id})
+        if not rows:
+            raise KeyError(record_id)
+        return _from_row(next(iter(rows)))
+
+    async def release_key(self, record_id: str) -> None:
+        """Take the idempotency key off an unsettled record, so another attempt may use it."""
+        await self._db.execute(
+            "UPDATE recordings SET idempotency_key = NULL WHERE id = ?", (record_id,))
+
+    async def delete(self, record_id: str) -> None:
+        await self._db.execute("DELETE FROM recordings WHERE id = ?", (record_id,))
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> Recording | None:
+        rows = list(await self._db.execute_fetchall(sql, args))
+        return _from_row(rows[0]) if rows else None
+

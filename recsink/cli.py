@@ -1,0 +1,64 @@
+"""``recsink serve [--config PATH]`` and ``recsink check-config [--config PATH]``.
+
+Exit status: 0 on success, 2 when the configuration is invalid (the message names each bad
+key), 1 when serving fails at start-up (storage or catalog unusable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from recsink import __version__, logs
+from recsink.config import ConfigError, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsink", description="Call-recording sink: stores Kazoo recordings exactly once.")
+    parser.add_argument("--version", action="version", version=f"recsink {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (("serve", "run the HTTP server"),
+                       ("check-config", "validate the configuration and print it, "
+                                        "secrets masked")):
+        command = commands.add_parser(name, help=text, description=text)
+        command.add_argument(
+            "--config", type=Path, metavar="PATH",
+            help="TOML configuration file (default: built-in defaults; RECSINK_* environment "
+                 "variables override either)")
+    return parser
+
+
+def _effective(settings: Settings) -> str:
+    """The configuration as JSON, every secret shown as ``**********``."""
+    return json.dumps(settings.model_dump(mode="json"), indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"recsink: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(_effective(settings))
+        print("configuration OK", file=sys.stderr)
+        return 0
+
+    from recsink.server import serve  # aiohttp is only needed to serve
+
+    logs.configure(settings.log.level, settings.secrets())
+    try:
+        asyncio.run(serve(settings))
+    except Exception as exc:
+        logs.get_logger().error("server.failed", error=str(exc), exc_info=exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

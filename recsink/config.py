@@ -1,0 +1,304 @@
+"""recsink settings: one TOML file, every key overridable from the environment.
+
+Sources, highest priority first:
+
+1. environment variables ``RECSINK_<SECTION>__<KEY>`` (nested delimiter ``__``; lists and
+   tables as JSON, e.g. ``RECSINK_AUTH__URL_TOKENS='["s3cr3t"]'``);
+2. the TOML file given to ``recsink serve --config PATH``;
+3. the defaults below, which are what ``recsink serve`` runs on with no file at all
+   (disk storage and SQLite catalog under ``./var``, listening on 127.0.0.1:8080).
+
+Relative paths are relative to the working directory. Unknown keys are errors, so a typo
+in a key name is reported instead of silently ignored. See ``config.example.toml`` for a
+commented copy of every key and DESIGN.md "HTTP surface and configuration".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import string
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+#: Variables a ``storage.key_template`` may use (see :mod:`recsink.storage.keys`).
+KEY_TEMPLATE_FIELDS = frozenset(
+    {
+        "account_id", "owner_id", "call_id", "recording_id", "id", "source",
+        "yyyy", "mm", "dd", "hh", "ext", "sha256",
+    }
+)
+
+
+#: First path segments recsink serves itself, never Kazoo prefixes.
+RESERVED_ROUTES = frozenset({"v1", "healthz", "readyz", "metrics"})
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    """``[server]``: where recsink listens and how long it waits for slow clients."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Seconds a request body may stay silent before the upload is failed (408).
+    body_idle_timeout: float = Field(60.0, gt=0)
+    #: Bytes aiohttp buffers per connection before it stops reading the socket.
+    read_bufsize: int = Field(256 * KiB, ge=16 * KiB, le=16 * MiB)
+    #: Seconds in-flight requests get to finish when recsink stops.
+    shutdown_timeout: float = Field(30.0, ge=0)
+
+
+class DiskSettings(_Section):
+    """``[storage.disk]``: the local filesystem backend."""
+
+    root: Path = Path("var/recordings")
+    #: fsync every recording and its directory before acknowledging it. Turn off only on
+    #: storage that is durable without it; a crash may then lose acknowledged recordings.
+    fsync: bool = True
+
+
+class StorageSettings(_Section):
+    """``[storage]``: which backend stores recordings and how objects are named."""
+
+    backend: Literal["disk"] = "disk"
+    #: Object name for a stored recording, relative to the storage root. Variables:
+    #: account_id, owner_id, call_id, recording_id, id, source, yyyy, mm, dd, hh (UTC, of the
+    #: call's start, else of receipt), ext, sha256. Values are sanitized into single safe path
+    #: segments; an empty value becomes "_".
+    key_template: str = "{account_id}/{yyyy}/{mm}/{dd}/{recording_id}.{ext}"
+    disk: DiskSettings = DiskSettings()
+
+    @field_validator("key_template")
+    @classmethod
+    def _known_fields(cls, template: str) -> str:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"not a valid template: {exc}") from exc
+        unknown = sorted({f for f in fields if f not in KEY_TEMPLATE_FIELDS})
+        if unknown or "" in fields:
+            raise ValueError(
+                f"unknown variable(s) {unknown or ['{}']}; "
+                f"use {sorted(KEY_TEMPLATE_FIELDS)}"
+            )
+        if "ext" not in fields:
+            raise ValueError("must end in .{ext} so the stored name carries the format")
+        if template.startswith("/") or ".." in template.split("/"):
+            raise ValueError("must be relative and must not contain '..'")
+        return template
+
+
+class CatalogSettings(_Section):
+    """``[catalog]``: the SQLite catalog of recording records."""
+
+    path: Path = Path("var/recsink.db")
+
+
+class IngestSettings(_Section):
+    """``[ingest]``: limits and policy applied to every recording, whatever its source."""
+
+    #: Largest accepted recording, bytes. Larger bodies are answered 413, decided from
+    #: Content-Length before reading and again while streaming. 3 h of 16 kHz stereo WAV
+    #: is about 700 MB.
+    max_bytes: int = Field(1 * GiB, ge=1)
+    #: Bytes handed to hashing and storage at a time.
+    chunk_size: int = Field(1 * MiB, ge=64 * KiB, le=64 * MiB)
+    #: Recording formats accepted (sniffed from the bytes, not from Content-Type).
+    formats: list[Literal["wav", "mp3"]] = ["wav", "mp3"]
+    #: Recordings shorter than this are discarded on purpose (status ``discarded``,
+    #: answered 200 so the PBX stops retrying). 0 keeps everything.
+    min_duration_ms: int = Field(0, ge=0)
+
+
+class BasicCredential(_Section):
+    """One HTTP Basic user; Kazoo sends it from ``http://user:pass@host/…``."""
+
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+    @field_validator("username")
+    @classmethod
+    def _no_colon(cls, username: str) -> str:
+        if ":" in username:
+            raise ValueError("must not contain ':'")
+        return username
+
+
+class AuthSettings(_Section):
+    """``[auth]``: who may upload (and fetch back) recordings on the Kazoo routes."""
+
+    basic: list[BasicCredential] = []
+    #: Accepted ``Authorization: Bearer <token>`` values.
+    bearer_tokens: list[SecretStr] = []
+    #: Secret tokens accepted as the first path segment after the route prefix
+    #: (``/kazoo/<token>/…``) or as the query parameter named by ``query_token_param``.
+    url_tokens: list[SecretStr] = []
+    query_token_param: str = Field("token", min_length=1)
+    #: Client networks (CIDR) allowed to connect; empty allows every address.
+    allow_networks: list[IPvAnyNetwork] = []
+    #: recsink refuses to listen on a non-loopback address with no credentials configured
+    #: unless this is true (for example behind a network allow-list you trust).
+    allow_unauthenticated: bool = False
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.basic or self.bearer_tokens or self.url_tokens)
+
+
+class KazooSettings(_Section):
+    """``[kazoo]``: the Kazoo upload routes."""
+
+    #: Route prefixes; every path equal to or below one is a Kazoo upload or GET probe
+    #: (``/kazoo/call_recording_….mp3``, ``/kazoo?token=…&recording=…``). Point Kazoo's
+    #: ``url`` at ``http(s)://host:port`` + a prefix.
+    prefixes: list[str] = Field(default=["/kazoo"], min_length=1)
+
+    @field_validator("prefixes")
+    @classmethod
+    def _slash(cls, prefixes: list[str]) -> list[str]:
+        cleaned = []
+        for prefix in prefixes:
+            prefix = "/" + prefix.strip("/")
+            if prefix == "/" or prefix.split("/")[1] in RESERVED_ROUTES:
+                raise ValueError(f"{prefix!r} would hide the routes {sorted(RESERVED_ROUTES)}")
+            if not prefix.isascii() or any(c in prefix for c in "{}?#%"):
+                raise ValueError(f"{prefix!r}: use plain ASCII path characters")
+            cleaned.append(prefix)
+        return cleaned
+
+
+class ApiSettings(_Section):
+    """``[api]``: the read-only recording API under ``/v1``."""
+
+    #: Bearer tokens for ``/v1/recordings``. Empty: the upload credentials of ``[auth]``
+    #: apply instead.
+    tokens: list[SecretStr] = []
+
+
+class LogSettings(_Section):
+    """``[log]``: JSON log lines on stdout."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole recsink configuration; see the module docstring for its sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSINK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    catalog: CatalogSettings = CatalogSettings()
+    ingest: IngestSettings = IngestSettings()
+    auth: AuthSettings = AuthSettings()
+    kazoo: KazooSettings = KazooSettings()
+    api: ApiSettings = ApiSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment wins over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _refuse_open_listener(self) -> Settings:
+        if not is_loopback(self.server.host) and not (
+            self.auth.has_credentials or self.auth.allow_unauthenticated
+        ):
+            raise ValueError(
+                f"auth.allow_unauthenticated: server.host {self.server.host!r} is not a "
+                "loopback address and no "
+                "credentials are configured (auth.basic, auth.bearer_tokens, auth.url_tokens); "
+                "add one, or set auth.allow_unauthenticated = true"
+            )
+        return self
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for the log redactor."""
+        values = [c.password for c in self.auth.basic]
+        values += self.auth.bearer_tokens + self.auth.url_tokens + self.api.tokens
+        return [s.get_secret_value() for s in values if s.get_secret_value()]
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``str()`` names every bad key."""
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read the TOML file at ``path`` (if any), apply ``RECSINK_*`` overrides, validate.
+
+    Raises :class:`ConfigError` with one line per problem, each naming its key
+    (``storage.disk.root: …``).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    origin = f"{path}: " if path else ""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        # Model-level checks name their key at the start of the message themselves.
+        lines.append(f"{origin}{key}: {msg}" if key else f"{origin}{msg}")
+    return "\n".join(lines)
+

@@ -1,0 +1,431 @@
+"""The one byte path: cap, sniff, hash and stream a recording into storage, then commit it
+exactly once.
+
+Every recording goes through :meth:`Ingestor.ingest`, whatever its source (DESIGN.md "One
+byte path"). Source adapters hand it an :class:`Intake`: who the recording is, what the sender
+said about it, and a :class:`Body` to read. Ingest then:
+
+1. answers 413 before reading when the declared length is over ``ingest.max_bytes``;
+2. answers 200 with the existing record, without reading, when the sender's recording id is
+   already stored (the idempotency key is known up front);
+3. reads the first bytes and sniffs the format (415 for anything but an allowed format);
+4. streams the body into a storage staging object in ``ingest.chunk_size`` blocks, hashing
+   (sha256, and MD5 when Content-MD5 was sent) in a worker thread while the block is written,
+   and counting bytes against the cap (413) and the declared length (400);
+5. makes the staged bytes durable, reads duration, sample rate and channels from them;
+6. commits under a lock on the idempotency key: a key already settled makes this upload a
+   duplicate (staging discarded, 200); otherwise the catalog records the intended object
+   first, then storage commits it (never overwriting), then the catalog marks it completed
+   and the answer is 201.
+
+On any failure, including a client that disconnects, the staging object is discarded, the
+record is marked ``failed`` and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from recsink import logs
+from recsink.audio import PROBE_MAX_BYTES, SNIFF_BYTES, AudioFacts, Format, is_probe, probe, sniff
+from recsink.catalog import SETTLED, Catalog, Recording, Status, new_id, utcnow
+from recsink.config import IngestSettings
+from recsink.errors import RecsinkError, bad_request, unavailable
+from recsink.metrics import Metrics
+from recsink.storage import Staging, Storage, StorageError
+from recsink.storage.keys import render_key
+
+_T = TypeVar("_T")
+
+
+class Body(Protocol):
+    """A recording's bytes as they arrive."""
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` (> 0) bytes; ``b""`` once the body is complete. Raises
+        :class:`recsink.errors.RecsinkError` when the body breaks off (client gone: 400,
+        silent too long: 408, malformed framing: 400)."""
+
+
+@dataclass(frozen=True)
+class Intake:
+    """One recording handed to ingest by a source adapter.
+
+    ``recording_id`` is the sender's own id for the recording and, when given, the
+    idempotency key. ``started_at`` is UTC; ``duration_ms`` is what the sender claims,
+    in milliseconds (the measured duration wins when the file has one).
+    ``content_length``: bytes the body declares, checked against what arrives;
+    ``content_md5``: the 16-byte digest from a Content-MD5 header. ``allow_probe``
+    admits Kazoo's text credentials probe (specs/kazoo.md §5.5).
+    """
+
+    source: str
+    body: Body
+    recording_id: str | None = None
+    call_id: str | None = None
+    interaction_id: str | None = None
+    account_id: str | None = None
+    owner_id: str | None = None
+    from_uri: str | None = None
+    to_uri: str | None = None
+    started_at: datetime | None = None
+    duration_ms: int | None = None
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    content_length: int | None = None
+    content_md5: bytes | None = None
+    allow_probe: bool = False
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The key known before reading: the sender's recording id, if any."""
+        return f"{self.source}:rid:{self.recording_id}" if self.recording_id else None
+
+    def content_key(self, sha256: str) -> str:
+        """The key for a recording the sender did not name: call id and content hash."""
+        return f"{self.source}:sha:{self.call_id or ''}:{sha256}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ingest did: ``created`` is True when this request stored a new recording
+    (answer 201), False for a duplicate or a discarded recording (answer 200)."""
+
+    record: Recording
+    created: bool
+
+
+class KeyedLocks:
+    """One asyncio lock per key, alive only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class _Received:
+    """Bytes streamed so far and, once the body is complete, their sha256 (hex)."""
+
+    size: int = 0
+    sha256: str = ""
+
+
+class Ingestor:
+    """The pipeline; one per application, shared by every source."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        key_template: str,
+        storage: Storage,
+        catalog: Catalog,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.key_template = key_template
+        self.storage = storage
+        self.catalog = catalog
+        self.metrics = metrics
+        self._locks = KeyedLocks()
+        # Attempts running per record id: a record shared by concurrent attempts (same
+        # recording id) is only marked failed when the last of them fails.
+        self._running: Counter[str] = Counter()
+        self._log = logs.get_logger()
+
+    def check_length(self, declared: int | None) -> None:
+        """Raise 413 when a declared body length is over the cap (before reading)."""
+        if declared is not None and declared > self.settings.max_bytes:
+            raise RecsinkError(
+                413, "too_large",
+                f"body of {declared} bytes is over the {self.settings.max_bytes}-byte limit",
+                bytes=0)
+
+    async def ingest(self, intake: Intake) -> Outcome:
+        """Store ``intake`` exactly once; see the module docstring for the steps.
+
+        Raises :class:`RecsinkError`: 400 (length or Content-MD5 mismatch, body broke off),
+        408 (body silent too long), 413 (over the cap), 415 (not an allowed format),
+        503 (storage unavailable), 507 (storage full).
+        """
+        started = time.perf_counter()
+        self.check_length(intake.content_length)
+        key = intake.idempotency_key
+        if key is not None:
+            existing = await self.catalog.by_key(key)
+            if existing is not None and existing.status in SETTLED:
+                return self._duplicate(intake, existing, started)
+
+        head = await _fill(intake.body, SNIFF_BYTES)
+        fmt = self._format(head, intake)
+        record = await self.catalog.begin(self._new_record(intake, key))
+        if record.status in SETTLED:  # stored by a concurrent attempt since the check above
+            return self._duplicate(intake, record, started)
+
+        self._running[record.id] += 1
+        self.metrics.in_flight.inc()
+        staging: Staging | None = None
+        received = _Received()
+        try:
+            staging = await self.storage.open_staging()
+            await self._stream(intake, head, fmt, staging, received)
+            local = await staging.finish()
+            facts = await _in_thread(probe, local, fmt) if local else AudioFacts()
+            return await self._commit(intake, record, staging, received, fmt, facts, started)
+        except BaseException as exc:
+            await asyncio.shield(self._fail(record, staging, exc))
+            error = self._as_http_error(exc)
+            if error is None:
+                raise
+            error.fields.setdefault("bytes", received.size)
+            error.fields["record_id"] = record.id
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            self._running[record.id] -= 1
+            if not self._running[record.id]:
+                del self._running[record.id]
+            self.metrics.in_flight.dec()
+
+    def _format(self, head: bytes, intake: Intake) -> Format:
+        fmt = sniff(head)
+        if fmt is None and intake.allow_probe and is_probe(head):
+            return Format.PROBE
+        if fmt is None or (fmt is not Format.PROBE and fmt.value not in self.settings.formats):
+            what = "an empty body" if not head else f"a body starting {head[:8]!r}"
+            raise RecsinkError(
+                415, "unsupported_format",
+                f"{what} is not a recording in an accepted format "
+                f"({', '.join(self.settings.formats)}); the format is read from the bytes",
+                bytes=len(head))
+        return fmt
+
+    def _new_record(self, intake: Intake, key: str | None) -> Recording:
+        metadata = dict(intake.metadata)
+        if intake.owner_id:
+            metadata.setdefault("owner_id", intake.owner_id)
+        return Recording(
+            id=new_id(), source=intake.source, status=Status.UPLOADING, received_at=utcnow(),
+            idempotency_key=key, recording_id=intake.recording_id, call_id=intake.call_id,
+            interaction_id=intake.interaction_id, account_id=intake.account_id,
+            from_uri=intake.from_uri, to_uri=intake.to_uri, started_at=intake.started_at,
+            duration_ms=intake.duration_ms, name=intake.name, metadata=metadata)
+
+    async def _stream(
+        self, intake: Intake, head: bytes, fmt: Format, staging: Staging, received: _Received
+    ) -> None:
+        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; updates
+        ``received`` as it goes."""
+        cap = PROBE_MAX_BYTES if fmt is Format.PROBE else self.settings.max_bytes
+        chunk = self.settings.chunk_size
+        sha256 = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False) if intake.content_md5 is not None else None
+        size = 0
+        block = head + await _fill(intake.body, chunk - len(head))
+        while block:
+            size += len(block)
+            received.size = size
+            if size > cap:
+                raise RecsinkError(
+                    413, "too_large", f"body is over the {cap}-byte limit", bytes=size)
+            await asyncio.gather(
+                _in_thread(_update, sha256, md5, block), staging.write(block))
+            self.metrics.bytes_received.labels(intake.source).inc(len(block))
+            block = await _fill(intake.body, chunk)
+        if intake.content_length is not None and size != intake.content_length:
+            raise bad_request(
+                "length_mismatch",
+                f"received {size} bytes, Content-Length said {intake.content_length}",
+                bytes=size)
+        if md5 is not None and md5.digest() != intake.content_md5:
+            raise bad_request(
+                "content_md5_mismatch",
+                "the body's MD5 differs from the Content-MD5 header", bytes=size)
+        received.sha256 = sha256.hexdigest()
+
+    async def _commit(
+        self,
+        intake: Intake,
+        record: Recording,
+        staging: Staging,
+        received: _Received,
+        fmt: Format,
+        facts: AudioFacts,
+        started: float,
+    ) -> Outcome:
+        key = intake.idempotency_key or intake.content_key(received.sha256)
+        async with self._locks.hold(key):
+            existing = await self.catalog.by_key(key)
+            if existing is not None and existing.status in SETTLED:
+                await staging.abort()
+                if existing.id != record.id:
+                    await self.catalog.delete(record.id)
+                return self._duplicate(intake, existing, started, bytes=received.size)
+            if existing is not None and existing.id != record.id:
+                # An earlier attempt with the same content that never completed.
+                await self.catalog.release_key(existing.id)
+
+            duration_ms = facts.duration_ms or intake.duration_ms
+            facts_columns: dict[str, Any] = dict(
+                idempotency_key=key, sha256=received.sha256, byte_size=received.size,
+                format=fmt.value, media_type=fmt.media_type, channels=facts.channels,
+                sample_rate=facts.sample_rate, duration_ms=duration_ms,
+                stopped_at=(intake.started_at + timedelta(milliseconds=duration_ms)
+                            if intake.started_at and duration_ms is not None else None))
+
+            minimum = self.settings.min_duration_ms
+            if fmt is not Format.PROBE and duration_ms is not None and duration_ms < minimum:
+                await staging.abort()
+                record = await self.catalog.update(
+                    record.id, status=Status.DISCARDED,
+                    error=f"shorter than ingest.min_duration_ms ({duration_ms} < {minimum} ms)",
+                    **facts_columns)
+                self._finish("discarded", intake, record, started, bytes=received.size)
+                return Outcome(record, created=False)
+
+            planned = render_key(
+                self.key_template,
+                {"account_id": intake.account_id, "owner_id": intake.owner_id,
+                 "call_id": intake.call_id, "recording_id": intake.recording_id or record.id,
+                 "id": record.id, "source": intake.source, "ext": fmt.value,
+                 "sha256": received.sha256},
+                intake.started_at or record.received_at)
+            # Intent first: a crash after the commit below is recovered from this row.
+            await self.catalog.update(record.id, storage_key=planned, **facts_columns)
+            used = await staging.commit(planned)
+            record = await self.catalog.update(
+                record.id, status=Status.COMPLETED, storage_key=used,
+                storage_url=self.storage.url(used), error=None)
+        self._finish("stored", intake, record, started, bytes=received.size,
+                     sha256=received.sha256, storage_key=used)
+        return Outcome(record, created=True)
+
+    def _duplicate(
+        self, intake: Intake, record: Recording, started: float, bytes: int = 0
+    ) -> Outcome:
+        self._finish("duplicate", intake, record, started, bytes=bytes,
+                     sha256=record.sha256, existing_status=str(record.status))
+        return Outcome(record, created=False)
+
+    def _finish(
+        self, result: str, intake: Intake, record: Recording, started: float, **fields: Any
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.uploads.labels(intake.source, result).inc()
+        self.metrics.upload_seconds.labels(intake.source).observe(elapsed)
+        self._log.info(
+            f"recording.{result}", source=intake.source, id=record.id,
+            call_id=record.call_id, recording_id=record.recording_id,
+            format=record.format, duration_ms=record.duration_ms,
+            elapsed_ms=round(elapsed * 1000, 1), **fields)
+
+    async def _fail(
+        self, record: Recording, staging: Staging | None, exc: BaseException
+    ) -> None:
+        if staging is not None:
+            await staging.abort()
+        if self._running[record.id] > 1:
+            return  # another attempt on this record is still running
+        reason = exc.error if isinstance(exc, RecsinkError) else type(exc).__name__
+        try:
+            current = await self.catalog.get(record.id)
+            if current is not None and current.status not in SETTLED:
+                await self.catalog.update(record.id, status=Status.FAILED, error=reason)
+        except Exception as db_exc:  # the original error is what the client needs to see
+            self._log.error("catalog.error", id=record.id, error=repr(db_exc))
+
+    def _as_http_error(self, exc: BaseException) -> RecsinkError | None:
+        """The answer for a failed upload; None for errors that are not the client's
+        business (cancellation, bugs), which propagate as they are."""
+        if isinstance(exc, RecsinkError):
+            return exc
+        if isinstance(exc, StorageError):
+            self.metrics.storage_errors.inc()
+            if exc.full:
+                return RecsinkError(507, "storage_full", str(exc))
+            return unavailable("storage_unavailable", str(exc))
+        return None
+
+    async def recover(self) -> tuple[int, int]:
+        """Settle records left ``uploading`` by a stopped process (call before serving):
+        one whose intended object is in storage with the recorded size and sha256 becomes
+        ``completed``, any other ``failed``. Returns (completed, failed)."""
+        completed = failed = 0
+        for record in await self.catalog.interrupted():
+            found = None
+            if record.storage_key and record.sha256:
+                found = await self.storage.verify(record.storage_key)
+            if found is not None and found == (record.byte_size, record.sha256):
+                assert record.storage_key is not None
+                await self.catalog.update(
+                    record.id, status=Status.COMPLETED,
+                    storage_url=self.storage.url(record.storage_key), error=None)
+                completed += 1
+            else:
+                await self.catalog.update(
+                    record.id, status=Status.FAILED, error="interrupted")
+                failed += 1
+        return completed, failed
+
+
+async def _fill(body: Body, n: int) -> bytes:
+    """Read ``n`` bytes from ``body``, fewer only at its end."""
+    if n <= 0:
+        return b""
+    first = await body.read(n)
+    if len(first) == n or not first:
+        return first
+    parts, got = [first], len(first)
+    while got < n:
+        data = await body.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def _update(sha256: Any, md5: Any, block: bytes) -> None:
+    sha256.update(block)
+    if md5 is not None:
+        md5.update(block)
+
+
+async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+def decode_content_md5(value: str | None) -> bytes | None:
+    """The 16-byte digest of a ``Content-MD5`` header (base64, RFC 1864). Raises 400."""
+    if value is None:
+        return None
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except ValueError:
+        digest = b""
+    if len(digest) != 16:
+        raise bad_request("bad_content_md5", "Content-MD5 must be a base64 MD5 digest")
+    return digest

@@ -1,0 +1,35 @@
+"""Prometheus metrics (prometheus-client), one registry per application instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    """The counters ingest and the HTTP layer update; :meth:`render` is the /metrics body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.uploads = Counter(
+            "recsink_uploads", "Upload requests by source and result "
+            "(stored, duplicate, discarded, rejected, failed).",
+            ["source", "result"], registry=self.registry)
+        self.bytes_received = Counter(
+            "recsink_received_bytes", "Body bytes received by ingest, by source.",
+            ["source"], registry=self.registry)
+        self.upload_seconds = Histogram(
+            "recsink_upload_duration_seconds", "Time from request to answer for uploads.",
+            ["source"], registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.in_flight = Gauge(
+            "recsink_uploads_in_flight", "Uploads being received now.",
+            registry=self.registry)
+        self.storage_errors = Counter(
+            "recsink_storage_errors", "Storage operations that failed.",
+            registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

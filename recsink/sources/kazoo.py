@@ -1,0 +1,300 @@
+"""Kazoo call-recording uploads: request → :class:`recsink.ingest.Intake`, and the GET probe.
+
+Wire format: Kazoo 4.3 ``kzc_recording`` / ``kz_endpoint_recording`` / ``kz_att_http`` and
+FreeSWITCH ``mod_http_cache`` (specs/kazoo.md). Every request below the route prefix is
+told apart by the shape of its path and query, read from the raw request target one segment
+at a time (a ``%2F`` inside a Call-ID stays inside its segment, §8.4):
+
+* **path A** (``record_call`` url, §2.1): the file name ``call_recording_<call_id>.<ext>``
+  (or ``..<ext>``, §2.1.3) is the last path segment or the value of a query parameter
+  (``?token=…&recording=<name>``, §2.1.1), with the metadata query of §2.1.2;
+* **path B** (storage plan, ``kz_att_http``, §2.2):
+  ``…/<account_id>/[<owner_id>/]<recording_id>/<media_name>``, raw or ``multipart/form-data``
+  with the JSON metadata part first (§4.2); its GET probe may repeat the segments (§5.5);
+* **path C** (``record_caller``, FreeSWITCH curl, §2.3): ``…/<call_id>.<ext>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote
+
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.web_urldispatcher import _default_expect_handler
+
+from recsink import logs, state
+from recsink.bodies import PartBody, RawBody
+from recsink.catalog import Recording
+from recsink.errors import RecsinkError, bad_request
+from recsink.ingest import Intake, decode_content_md5
+
+SOURCE = "kazoo"
+
+#: Unix epoch in Gregorian seconds (``calendar:datetime_to_gregorian_seconds``).
+GREGORIAN_UNIX_EPOCH = 62167219200
+
+_PATH_A_NAME = re.compile(r"call_recording_(?P<call_id>.+?)\.{1,2}(?P<ext>[A-Za-z0-9]{2,4})")
+_PATH_C_NAME = re.compile(r"(?P<call_id>.+)\.(?P<ext>[A-Za-z0-9]{2,4})")
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+#: ``cb_storage.erl`` names its probe upload ``<32 hex>_test_credentials_file.txt`` (§5.5).
+_PROBE_NAME = re.compile(r"[0-9a-fA-F]{32}_test_credentials_file\.txt")
+#: Largest JSON metadata part accepted, bytes.
+MAX_METADATA_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the request target says about a recording."""
+
+    shape: Literal["A", "B", "C"]
+    name: str
+    call_id: str | None = None
+    recording_id: str | None = None
+    account_id: str | None = None
+    owner_id: str | None = None
+
+
+def split_target(
+    raw_path: str, prefixes: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """Decoded path segments after the longest matching prefix, and the decoded query (first
+    value per key).
+
+    ``raw_path`` is the request target as sent. Raw UTF-8 and percent-escapes both decode as
+    UTF-8 (§8.1: Kazoo sends non-ASCII caller names unescaped); ``+`` in the query is a space.
+    Raises 400 ``bad_target`` for escapes that are not UTF-8.
+    """
+    path, _, query = raw_path.partition("?")
+    rest = path
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        if path == prefix or path.startswith(prefix + "/"):
+            rest = path[len(prefix):]
+            break
+    try:
+        segments = [unquote(s, errors="strict") for s in rest.split("/") if s]
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise bad_request("bad_target", "the request target is not valid UTF-8") from None
+    values: dict[str, str] = {}
+    for key, value in pairs:
+        values.setdefault(key, value)
+    return segments, values
+
+
+def parse_target(segments: list[str], query: Mapping[str, str]) -> Target:
+    """Tell paths A, B and C apart (module docstring). Raises 400 ``unrecognized_path``."""
+    last = segments[-1] if segments else ""
+    for candidate in (last, *query.values()):
+        if m := _PATH_A_NAME.fullmatch(candidate):
+            return Target(
+                "A", candidate, call_id=query.get("call_id") or m["call_id"],
+                recording_id=query.get("recording_id") or None,
+                account_id=query.get("account_id") or None,
+                owner_id=query.get("owner_id") or None)
+    if len(segments) >= 3 and _HEX32.fullmatch(segments[-3]):
+        owner = None
+        account = segments[-3]
+        if len(segments) >= 4 and _HEX32.fullmatch(segments[-4]):
+            account, owner = segments[-4], segments[-3]
+        return Target("B", last, recording_id=segments[-2], account_id=account.lower(),
+                      owner_id=owner.lower() if owner else None)
+    if m := _PATH_C_NAME.fullmatch(last):
+        return Target("C", last, call_id=m["call_id"])
+    raise bad_request(
+        "unrecognized_path",
+        "expected call_recording_<call_id>.<ext>, <account>/[<owner>/]<recording_id>/<name> "
+        "or <call_id>.<ext> (specs/kazoo.md §2)")
+
+
+def gregorian_to_utc(value: Any) -> datetime | None:
+    """Kazoo's ``start`` (Gregorian seconds, Unix + 62167219200) as a UTC datetime.
+
+    Values below the Unix epoch in Gregorian seconds are taken as Unix seconds already.
+    Missing, empty or non-numeric values give None (Kazoo may send ``start=``, §8.7).
+    """
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        return None
+    if seconds >= GREGORIAN_UNIX_EPOCH:
+        seconds -= GREGORIAN_UNIX_EPOCH
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _intake_fields(target: Target, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Intake fields from the target and the metadata (query pairs for path A, the JSON
+    part for a multipart path B upload; specs/kazoo.md §2.1.2 and §4.2)."""
+    channel_vars = meta.get("custom_channel_vars")
+    channel_vars = channel_vars if isinstance(channel_vars, dict) else {}
+    return dict(
+        source=SOURCE,
+        recording_id=target.recording_id or _text(meta.get("id")),
+        call_id=target.call_id or _text(meta.get("call_id")),
+        account_id=target.account_id or _text(meta.get("account_id"))
+        or _text(channel_vars.get("Account-ID")),
+        owner_id=target.owner_id or _text(meta.get("owner_id")),
+        interaction_id=_text(meta.get("interaction_id")),
+        from_uri=_text(meta.get("from")),
+        to_uri=_text(meta.get("to")),
+        started_at=gregorian_to_utc(meta.get("start")),
+        duration_ms=_int(meta.get("duration_ms")),
+        name=target.name,
+        metadata=dict(meta),
+        allow_probe=target.shape == "B" and bool(_PROBE_NAME.fullmatch(target.name)),
+    )
+
+
+async def _read_target(request: web.Request) -> tuple[Target, dict[str, str]]:
+    """Authorize the request and parse its target (shared by uploads and GET probes)."""
+    settings = request.app[state.SETTINGS]
+    segments, query = split_target(request.raw_path, settings.kazoo.prefixes)
+    segments = request.app[state.AUTH].check(
+        request.remote, request.headers.get(hdrs.AUTHORIZATION), segments, query)
+    target = parse_target(segments, query)
+    query.pop(settings.auth.query_token_param, None)  # a secret: never stored or logged
+    logs.bind_request(source=SOURCE, call_id=target.call_id,
+                      recording_id=target.recording_id or query.get("recording_id"))
+    return target, query
+
+
+async def upload(request: web.Request) -> web.Response:
+    """``PUT``/``POST`` of a recording: 201 with the new record, 200 with the existing one."""
+    request["upload_source"] = SOURCE
+    target, query = await _read_target(request)
+    ingestor = request.app[state.INGESTOR]
+    ingestor.check_length(request.content_length)
+    settings = request.app[state.SETTINGS]
+    idle = settings.server.body_idle_timeout
+    md5 = decode_content_md5(request.headers.get("Content-MD5"))
+
+    if request.content_type.startswith("multipart/"):
+        meta, part = await _read_multipart(request)
+        intake = Intake(body=PartBody(part, idle), content_md5=md5,
+                        **_intake_fields(target, meta))
+    else:
+        intake = Intake(body=RawBody(request.content, idle),
+                        content_length=request.content_length, content_md5=md5,
+                        **_intake_fields(target, query if target.shape == "A" else {}))
+    logs.bind_request(call_id=intake.call_id, recording_id=intake.recording_id)
+    outcome = await ingestor.ingest(intake)
+    return web.json_response(outcome.record.resource(), status=201 if outcome.created else 200)
+
+
+async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPartReader]:
+    """The JSON metadata (if sent) and the media part of a ``multipart/form-data`` upload."""
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError, KeyError) as exc:
+        raise bad_request(
+            "bad_multipart",
+            f"cannot read the multipart body ({exc}); Kazoo 4.3.17-4.3.20 send multipart/mixed "
+            "without a boundary, which no parser can split: upgrade Kazoo or turn off "
+            "send_multipart") from None
+    meta: dict[str, Any] = {}
+    while True:
+        try:
+            part = await reader.next()
+        except (ValueError, AssertionError) as exc:
+            raise bad_request("bad_multipart", f"malformed multipart body: {exc}") from None
+        if part is None:
+            raise bad_request("bad_multipart", "the multipart body has no media part")
+        if isinstance(part, MultipartReader):
+            raise bad_request("bad_multipart", "nested multipart bodies are not supported")
+        if part.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json") and not meta:
+            meta = await _read_json_part(part)
+            continue
+        return meta, part
+
+
+async def _read_json_part(part: BodyPartReader) -> dict[str, Any]:
+    raw = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_METADATA_BYTES:
+            raise RecsinkError(413, "too_large",
+                               f"the JSON metadata part is over {MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("bad_metadata", f"the JSON metadata part is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise bad_request("bad_metadata", "the JSON metadata part is not an object")
+    return meta
+
+
+async def fetch(request: web.Request) -> web.StreamResponse:
+    """``GET``/``HEAD`` on an upload path: the stored bytes, exactly (storage-plan probe,
+    specs/kazoo.md §5.5). The doubled-segment probe path of Kazoo ≥ 4.3.106 resolves like
+    the upload path because shapes are read from the last segments."""
+    target, query = await _read_target(request)
+    record = await _find(request, target, query)
+    if record is None or record.storage_key is None:
+        raise RecsinkError(404, "not_found", "no stored recording at this path")
+    storage = request.app[state.STORAGE]
+    path = storage.local_path(record.storage_key)
+    headers = {hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"}
+    logs.get_logger().info("recording.served", id=record.id, bytes=record.byte_size,
+                           method=request.method)
+    if path is not None:
+        return web.FileResponse(path, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = record.byte_size
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for block in storage.read(record.storage_key, 1024 * 1024):
+            await response.write(block)
+    await response.write_eof()
+    return response
+
+
+async def _find(request: web.Request, target: Target, query: Mapping[str, str]) -> Recording | None:
+    catalog = request.app[state.CATALOG]
+    recording_id = target.recording_id or query.get("recording_id") or query.get("id")
+    if recording_id:
+        record = await catalog.by_key(f"{SOURCE}:rid:{recording_id}")
+        if record is not None and record.status == "completed":
+            return record
+    if target.call_id:
+        return await catalog.latest_completed(SOURCE, target.call_id, target.name)
+    return None
+
+
+async def expect(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` (FreeSWITCH curl, §3.2): refuse before the body is sent
+    when the client is not admitted or the declared length is over the cap."""
+    try:
+        await _read_target(request)
+        request.app[state.INGESTOR].check_length(request.content_length)
+    except RecsinkError as exc:
+        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+    await _default_expect_handler(request)
+    return None
+
+
+def add_routes(app: web.Application, prefixes: Sequence[str]) -> None:
+    """Route every method Kazoo uses at and below each prefix."""
+    for prefix in prefixes:
+        resource = app.router.add_resource(prefix + "{tail:(?:/.*)?}")
+        resource.add_route("PUT", upload, expect_handler=expect)
+        resource.add_route("POST", upload, expect_handler=expect)
+        resource.add_route("GET", fetch)
+        resource.add_route("HEAD", fetch)

@@ -1,0 +1,227 @@
+"""Disk storage: staging file, fsync, atomic no-overwrite commit.
+
+Layout under ``root``::
+
+    root/.staging/<random>.part      bytes being received (same filesystem as the objects)
+    root/<key>                       committed recordings, e.g. <account>/2024/03/12/<id>.mp3
+
+A commit is ``link(staging, final)`` then ``unlink(staging)``: the final name appears at once
+with complete content, and ``link`` fails with EEXIST instead of replacing an existing file
+(DESIGN.md invariants 2 and 3). With ``fsync`` on, the staging file is fsynced before the
+commit and every directory whose entries changed is fsynced after it, so a 2xx is only sent
+for bytes that survive a power cut (invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiofiles
+import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+
+from recsink.storage import StorageError
+from recsink.storage.keys import variant
+
+STAGING_DIR = ".staging"
+_T = TypeVar("_T")
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    return StorageError(f"{what}: {exc.strerror or exc}", full=exc.errno in (errno.ENOSPC,
+                                                                           errno.EDQUOT))
+
+
+async def _run(func: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskStaging:
+    """One recording being written to ``root/.staging``; see :class:`recsink.storage.Staging`."""
+
+    def __init__(self, storage: DiskStorage, path: Path, fh: AsyncBufferedIOBase) -> None:
+        self._storage = storage
+        self._path = path
+        self._fh: AsyncBufferedIOBase | None = fh
+        self._committed = False
+
+    async def write(self, block: bytes) -> None:
+        assert self._fh is not None, "write after finish"
+        try:
+            await self._fh.write(block)
+        except OSError as exc:
+            raise _storage_error(exc, "writing the staging file") from exc
+
+    async def finish(self) -> Path:
+        assert self._fh is not None, "finish twice"
+        fh, self._fh = self._fh, None
+        try:
+            await fh.flush()
+            if self._storage.fsync:
+                await _run(os.fsync, fh.fileno())
+        except OSError as exc:
+            raise _storage_error(exc, "flushing the staging file") from exc
+        finally:
+            await fh.close()
+        return self._path
+
+    async def commit(self, key: str) -> str:
+        assert self._fh is None, "commit before finish"
+        try:
+            used = await _run(self._storage.place, self._path, key)
+        except OSError as exc:
+            raise _storage_error(exc, "committing") from exc
+        self._committed = True
+        return used
+
+    async def abort(self) -> None:
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                await fh.close()
+        if not self._committed:
+            try:
+                await aiofiles.os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                # Left for the start-up sweep; nothing under a key refers to it.
+                pass
+
+
+class DiskStorage:
+    """Recordings as files under ``root``; see :class:`recsink.storage.Storage`."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.absolute()
+        self.staging_dir = self.root / STAGING_DIR
+        self.fsync = fsync
+
+    async def start(self) -> int:
+        try:
+            return await _run(self._prepare)
+        except OSError as exc:
+            raise _storage_error(exc, f"preparing {self.root}") from exc
+
+    def _prepare(self) -> int:
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        swept = 0
+        for leftover in self.staging_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            swept += 1
+        if swept and self.fsync:
+            _fsync_dir(self.staging_dir)
+        return swept
+
+    async def open_staging(self) -> DiskStaging:
+        path = self.staging_dir / f"{secrets.token_hex(16)}.part"
+        try:
+            fh = await aiofiles.open(path, "xb")
+        except OSError as exc:
+            raise _storage_error(exc, "creating a staging file") from exc
+        return DiskStaging(self, path, fh)
+
+    def path(self, key: str) -> Path:
+        """The file for ``key``; raises ValueError for a key that would leave the root."""
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()) or path == self.root.resolve():
+            raise ValueError(f"key {key!r} is outside the storage root")
+        return path
+
+    def place(self, staged: Path, key: str) -> str:
+        """Blocking: hard-link ``staged`` at ``key`` (or its first free variant), drop the
+        staging name, fsync what changed. Returns the key used."""
+        final = self.path(key)
+        new_dirs = self._makedirs(final.parent)
+        used, n = key, 1
+        while True:
+            try:
+                os.link(staged, final)
+                break
+            except FileExistsError:
+                n += 1
+                used = variant(key, n)
+                final = self.path(used)
+        os.unlink(staged)
+        if self.fsync:
+            # The staging name's removal need not be durable: a leftover is swept at start-up.
+            for directory in (final.parent, *new_dirs):
+                _fsync_dir(directory)
+        return used
+
+    def _makedirs(self, directory: Path) -> list[Path]:
+        """Create ``directory`` and missing parents; return the parents whose entries
+        changed (to fsync), deepest first."""
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        changed = []
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            changed.append(d.parent)
+        return changed[::-1]
+
+    def url(self, key: str) -> str:
+        return self.path(key).as_uri()
+
+    def local_path(self, key: str) -> Path:
+        return self.path(key)
+
+    async def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        try:
+            async with aiofiles.open(self.path(key), "rb") as fh:
+                while block := await fh.read(chunk_size):
+                    yield block
+        except OSError as exc:
+            raise _storage_error(exc, f"reading {key}") from exc
+
+    async def verify(self, key: str) -> tuple[int, str] | None:
+        try:
+            return await _run(_size_and_sha256, self.path(key))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _storage_error(exc, f"reading {key}") from exc
+
+    async def check_writable(self) -> None:
+        try:
+            await _run(self._probe_write)
+        except OSError as exc:
+            raise _storage_error(exc, f"writing to {self.staging_dir}") from exc
+
+    def _probe_write(self) -> None:
+        probe = self.staging_dir / f"ready-{secrets.token_hex(4)}.part"
+        try:
+            probe.write_bytes(b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()

@@ -1,0 +1,209 @@
+"""Shared test fixtures: settings in a temporary directory, the real app through
+``create_app``, a real ``recsink serve`` process on a loopback port, and raw-socket helpers
+for byte-exact requests."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from aiohttp.test_utils import TestClient
+
+from recsink.app import create_app
+from recsink.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CORPUS = Path(os.environ.get("RECSINK_CORPUS", REPO.parent / "shared" / "corpus"))
+
+#: specs/kazoo.md §9: the body every example request carries, standing in for an mp3.
+TESTBODY = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4
+ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
+OWNER = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+CALL_ID = "a84b4c76e66710@pc33.atlanta.example.com"
+RECORDING_ID = "202403-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+MEDIA_NAME = "5d41402abc4b2a76b9719d911017c592.mp3"
+
+
+def make_wav(seconds: float = 0.5, rate: int = 8000, channels: int = 1, freq: float = 440.0) -> bytes:
+    """A 16-bit PCM RIFF/WAVE file holding a sine tone."""
+    frames = int(seconds * rate)
+    samples = bytearray()
+    for i in range(frames):
+        value = int(12000 * math.sin(2 * math.pi * freq * i / rate))
+        samples += struct.pack("<h", value) * channels
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(samples))
+    return out.getvalue()
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def base_config(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "storage": {"disk": {"root": str(tmp_path / "recordings")}},
+        "catalog": {"path": str(tmp_path / "recsink.db")},
+    }
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """``make_settings(**sections)``: Settings rooted in the test's temporary directory."""
+
+    def make(**sections: Any) -> Settings:
+        return Settings(**merge(base_config(tmp_path), sections))
+
+    return make
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> Callable[..., Any]:
+    """``await make_client(**sections)``: a test client on the real app."""
+
+    async def make(**sections: Any) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(make_settings(**sections)))
+        return client
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> TestClient[Any, Any]:
+    """A test client on the real app with default settings."""
+    made: TestClient[Any, Any] = await make_client()
+    return made
+
+
+def stored_files(root: Path) -> list[Path]:
+    """Every committed object under a disk storage root (staging excluded)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".staging" not in p.parts)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def exchange(port: int, request: bytes, timeout: float = 30) -> Reply:
+    """Send ``request`` byte for byte on a new connection and read one response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        method = request.split(b" ", 1)[0].decode()
+        response = http.client.HTTPResponse(sock, method=method)
+        response.begin()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+
+
+@dataclass
+class RunningServer:
+    """A ``recsink serve`` process started by a test."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config["storage"]["disk"]["root"])
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.logs() if line.get("event") == name]
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def start_server_process(workdir: Path, config: dict[str, Any], timeout: float = 30) -> RunningServer:
+    """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it; wait for
+    its ``server.listening`` line and read the bound port from it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "recsink.toml"
+    config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    log_path = workdir / "recsink.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recsink", "serve", "--config", str(config_path)],
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            if '"server.listening"' in line:
+                port = json.loads(line)["port"]
+                return RunningServer(proc, port, workdir, log_path, config)
+        if proc.poll() is not None:
+            raise AssertionError(f"recsink exited {proc.returncode}: {log_path.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"recsink did not start: {log_path.read_text()}")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """``start_server(**sections)``: a real recsink process on 127.0.0.1, stopped by pid
+    at the end of the test."""
+    started: list[RunningServer] = []
+
+    def start(name: str = "server", **sections: Any) -> RunningServer:
+        workdir = tmp_path / name
+        server = start_server_process(workdir, merge(base_config(workdir), sections))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
