@@ -101,7 +101,7 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
 def _log_error(
     request: web.Request, exc: RecsinkError, started: float, exc_info: BaseException | None = None
 ) -> None:
-    source = request.get("upload_source")
+    source = request.get(state.UPLOAD_SOURCE)
     fields = dict(status=exc.status, error=exc.error, detail=exc.detail,
                   method=request.method, remote=request.remote,
                   elapsed_ms=round((time.perf_counter() - started) * 1000, 1), **exc.fields)

@@ -107,7 +107,7 @@ def probe(path: Path, fmt: Format) -> AudioFacts:
     except (mutagen.MutagenError, OSError, ValueError, ZeroDivisionError):
         return AudioFacts()
     return AudioFacts(
-        duration_ms=round(length * 1000) if length and length > 0 else None,
+        duration_ms=round(length * 1000) if length >= 0 else None,
         sample_rate=info.sample_rate or None,
         channels=info.channels or None,
     )

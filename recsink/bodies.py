@@ -70,7 +70,12 @@ class PartBody:
 
     async def read(self, n: int) -> bytes:
         while True:
-            data = await _guarded(self._part.read_chunk(max(n, 8192)), self._idle)
+            try:
+                data = await _guarded(self._part.read_chunk(max(n, 8192)), self._idle)
+            except ValueError as exc:  # aiohttp: the body ended before the part's boundary
+                raise bad_request(
+                    "bad_multipart", f"the multipart body is truncated or malformed: {exc}",
+                ) from None
             if self._base64 is None and data:
                 self._base64 = _looks_base64(data)
             if not self._base64:

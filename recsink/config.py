@@ -95,16 +95,19 @@ class StorageSettings(_Section):
     @classmethod
     def _known_fields(cls, template: str) -> str:
         try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
             raise ValueError(f"not a valid template: {exc}") from exc
+        fields = [f for _, f, _, _ in parsed if f is not None]
         unknown = sorted({f for f in fields if f not in KEY_TEMPLATE_FIELDS})
         if unknown or "" in fields:
             raise ValueError(
                 f"unknown variable(s) {unknown or ['{}']}; "
                 f"use {sorted(KEY_TEMPLATE_FIELDS)}"
             )
-        if "ext" not in fields:
+        if any(spec or conversion for _, f, spec, conversion in parsed if f is not None):
+            raise ValueError("variables take no format spec or conversion ({id}, not {id:>8})")
+        if not template.endswith(".{ext}"):
             raise ValueError("must end in .{ext} so the stored name carries the format")
         if template.startswith("/") or ".." in template.split("/"):
             raise ValueError("must be relative and must not contain '..'")

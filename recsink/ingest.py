@@ -51,7 +51,8 @@ class Body(Protocol):
     """A recording's bytes as they arrive."""
 
     async def read(self, n: int) -> bytes:
-        """Up to ``n`` (> 0) bytes; ``b""`` once the body is complete. Raises
+        """Some bytes, about ``n`` (> 0) and never none before the end; ``b""`` once the
+        body is complete. Raises
         :class:`recsink.errors.RecsinkError` when the body breaks off (client gone: 400,
         silent too long: 408, malformed framing: 400)."""
 
@@ -125,12 +126,30 @@ class KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-@dataclass
-class _Received:
-    """Bytes streamed so far and, once the body is complete, their sha256 (hex)."""
+class _Blocks:
+    """Reads a :class:`Body` in blocks of a wanted size, counting every byte read."""
 
-    size: int = 0
-    sha256: str = ""
+    def __init__(self, body: Body) -> None:
+        self._body = body
+        self.total = 0
+
+    async def read(self, n: int) -> bytes:
+        """``n`` bytes, fewer only at the end of the body."""
+        if n <= 0:
+            return b""
+        first = await self._body.read(n)
+        self.total += len(first)
+        if len(first) >= n or not first:
+            return first
+        parts, got = [first], len(first)
+        while got < n:
+            data = await self._body.read(n - got)
+            if not data:
+                break
+            self.total += len(data)
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
 
 
 class Ingestor:
@@ -178,7 +197,8 @@ class Ingestor:
             if existing is not None and existing.status in SETTLED:
                 return self._duplicate(intake, existing, started)
 
-        head = await _fill(intake.body, SNIFF_BYTES)
+        blocks = _Blocks(intake.body)
+        head = await blocks.read(SNIFF_BYTES)
         fmt = self._format(head, intake)
         record = await self.catalog.begin(self._new_record(intake, key))
         if record.status in SETTLED:  # stored by a concurrent attempt since the check above
@@ -187,19 +207,19 @@ class Ingestor:
         self._running[record.id] += 1
         self.metrics.in_flight.inc()
         staging: Staging | None = None
-        received = _Received()
         try:
             staging = await self.storage.open_staging()
-            await self._stream(intake, head, fmt, staging, received)
+            sha256 = await self._stream(intake, blocks, head, fmt, staging)
             local = await staging.finish()
             facts = await _in_thread(probe, local, fmt) if local else AudioFacts()
-            return await self._commit(intake, record, staging, received, fmt, facts, started)
+            return await self._commit(
+                intake, record, staging, blocks.total, sha256, fmt, facts, started)
         except BaseException as exc:
             await asyncio.shield(self._fail(record, staging, exc))
             error = self._as_http_error(exc)
             if error is None:
                 raise
-            error.fields.setdefault("bytes", received.size)
+            error.fields.setdefault("bytes", blocks.total)
             error.fields["record_id"] = record.id
             if error is exc:
                 raise
@@ -235,62 +255,59 @@ class Ingestor:
             duration_ms=intake.duration_ms, name=intake.name, metadata=metadata)
 
     async def _stream(
-        self, intake: Intake, head: bytes, fmt: Format, staging: Staging, received: _Received
-    ) -> None:
-        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; updates
-        ``received`` as it goes."""
+        self, intake: Intake, blocks: _Blocks, head: bytes, fmt: Format, staging: Staging
+    ) -> str:
+        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; returns the
+        sha256 (hex) once the body is complete and checked."""
         cap = PROBE_MAX_BYTES if fmt is Format.PROBE else self.settings.max_bytes
         chunk = self.settings.chunk_size
         sha256 = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if intake.content_md5 is not None else None
-        size = 0
-        block = head + await _fill(intake.body, chunk - len(head))
+        block = head + await blocks.read(chunk - len(head))
         while block:
-            size += len(block)
-            received.size = size
-            if size > cap:
-                raise RecsinkError(
-                    413, "too_large", f"body is over the {cap}-byte limit", bytes=size)
+            if blocks.total > cap:
+                raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
             await asyncio.gather(
                 _in_thread(_update, sha256, md5, block), staging.write(block))
             self.metrics.bytes_received.labels(intake.source).inc(len(block))
-            block = await _fill(intake.body, chunk)
-        if intake.content_length is not None and size != intake.content_length:
+            block = await blocks.read(chunk)
+        if intake.content_length is not None and blocks.total != intake.content_length:
             raise bad_request(
                 "length_mismatch",
-                f"received {size} bytes, Content-Length said {intake.content_length}",
-                bytes=size)
+                f"received {blocks.total} bytes, Content-Length said {intake.content_length}")
         if md5 is not None and md5.digest() != intake.content_md5:
             raise bad_request(
-                "content_md5_mismatch",
-                "the body's MD5 differs from the Content-MD5 header", bytes=size)
-        received.sha256 = sha256.hexdigest()
+                "content_md5_mismatch", "the body's MD5 differs from the Content-MD5 header")
+        return sha256.hexdigest()
 
     async def _commit(
         self,
         intake: Intake,
         record: Recording,
         staging: Staging,
-        received: _Received,
+        size: int,
+        sha256: str,
         fmt: Format,
         facts: AudioFacts,
         started: float,
     ) -> Outcome:
-        key = intake.idempotency_key or intake.content_key(received.sha256)
+        key = intake.idempotency_key or intake.content_key(sha256)
         async with self._locks.hold(key):
             existing = await self.catalog.by_key(key)
             if existing is not None and existing.status in SETTLED:
                 await staging.abort()
                 if existing.id != record.id:
                     await self.catalog.delete(record.id)
-                return self._duplicate(intake, existing, started, bytes=received.size)
+                return self._duplicate(intake, existing, started, bytes=size)
             if existing is not None and existing.id != record.id:
                 # An earlier attempt with the same content that never completed.
                 await self.catalog.release_key(existing.id)
 
-            duration_ms = facts.duration_ms or intake.duration_ms
+            duration_ms = facts.duration_ms
+            if duration_ms is None:
+                duration_ms = intake.duration_ms
             facts_columns: dict[str, Any] = dict(
-                idempotency_key=key, sha256=received.sha256, byte_size=received.size,
+                idempotency_key=key, sha256=sha256, byte_size=size,
                 format=fmt.value, media_type=fmt.media_type, channels=facts.channels,
                 sample_rate=facts.sample_rate, duration_ms=duration_ms,
                 stopped_at=(intake.started_at + timedelta(milliseconds=duration_ms)
@@ -303,7 +320,7 @@ class Ingestor:
                     record.id, status=Status.DISCARDED,
                     error=f"shorter than ingest.min_duration_ms ({duration_ms} < {minimum} ms)",
                     **facts_columns)
-                self._finish("discarded", intake, record, started, bytes=received.size)
+                self._finish("discarded", intake, record, started, bytes=size)
                 return Outcome(record, created=False)
 
             planned = render_key(
@@ -311,7 +328,7 @@ class Ingestor:
                 {"account_id": intake.account_id, "owner_id": intake.owner_id,
                  "call_id": intake.call_id, "recording_id": intake.recording_id or record.id,
                  "id": record.id, "source": intake.source, "ext": fmt.value,
-                 "sha256": received.sha256},
+                 "sha256": sha256},
                 intake.started_at or record.received_at)
             # Intent first: a crash after the commit below is recovered from this row.
             await self.catalog.update(record.id, storage_key=planned, **facts_columns)
@@ -319,8 +336,8 @@ class Ingestor:
             record = await self.catalog.update(
                 record.id, status=Status.COMPLETED, storage_key=used,
                 storage_url=self.storage.url(used), error=None)
-        self._finish("stored", intake, record, started, bytes=received.size,
-                     sha256=received.sha256, storage_key=used)
+        self._finish("stored", intake, record, started, bytes=size, sha256=sha256,
+                     storage_key=used)
         return Outcome(record, created=True)
 
     def _duplicate(
@@ -389,23 +406,6 @@ class Ingestor:
                     record.id, status=Status.FAILED, error="interrupted")
                 failed += 1
         return completed, failed
-
-
-async def _fill(body: Body, n: int) -> bytes:
-    """Read ``n`` bytes from ``body``, fewer only at its end."""
-    if n <= 0:
-        return b""
-    first = await body.read(n)
-    if len(first) == n or not first:
-        return first
-    parts, got = [first], len(first)
-    while got < n:
-        data = await body.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)
 
 
 def _update(sha256: Any, md5: Any, block: bytes) -> None:

@@ -21,3 +21,6 @@ METRICS = web.AppKey("metrics", Metrics)
 CATALOG = web.AppKey("catalog", Catalog)
 STORAGE = web.AppKey("storage", Storage)
 INGESTOR = web.AppKey("ingestor", Ingestor)
+
+#: The source an upload request is for, set by its handler (for error logs and metrics).
+UPLOAD_SOURCE = web.RequestKey("upload_source", str)

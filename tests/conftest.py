@@ -41,7 +41,9 @@ RECORDING_ID = "202403-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 MEDIA_NAME = "5d41402abc4b2a76b9719d911017c592.mp3"
 
 
-def make_wav(seconds: float = 0.5, rate: int = 8000, channels: int = 1, freq: float = 440.0) -> bytes:
+def make_wav(
+    seconds: float = 0.5, rate: int = 8000, channels: int = 1, freq: float = 440.0
+) -> bytes:
     """A 16-bit PCM RIFF/WAVE file holding a sine tone."""
     frames = int(seconds * rate)
     samples = bytearray()
@@ -166,7 +168,9 @@ class RunningServer:
         return self.proc.wait(timeout)
 
 
-def start_server_process(workdir: Path, config: dict[str, Any], timeout: float = 30) -> RunningServer:
+def start_server_process(
+    workdir: Path, config: dict[str, Any], timeout: float = 30
+) -> RunningServer:
     """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it; wait for
     its ``server.listening`` line and read the bound port from it."""
     workdir.mkdir(parents=True, exist_ok=True)

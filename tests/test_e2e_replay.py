@@ -11,7 +11,6 @@ from tests import kazoo_wire as wire
 from tests.conftest import (
     ACCOUNT,
     CALL_ID,
-    MEDIA_NAME,
     OWNER,
     RECORDING_ID,
     TESTBODY,
@@ -158,4 +157,6 @@ def test_ex2_with_basic_auth_and_query_token(start_server: Any) -> None:
         assert exchange(server.port, wire.ex1()).status == 401
         server.stop()
         text = server.log_path.read_text()
-        assert "s3cr3t" not in text and "pa55" not in text and "a2F6b286cGE1NQ" not in text
+        assert "s3cr3t" not in text
+        assert "pa55" not in text
+        assert "a2F6b286cGE1NQ" not in text

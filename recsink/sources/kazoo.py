@@ -178,7 +178,7 @@ async def _read_target(request: web.Request) -> tuple[Target, dict[str, str]]:
 
 async def upload(request: web.Request) -> web.Response:
     """``PUT``/``POST`` of a recording: 201 with the new record, 200 with the existing one."""
-    request["upload_source"] = SOURCE
+    request[state.UPLOAD_SOURCE] = SOURCE
     target, query = await _read_target(request)
     ingestor = request.app[state.INGESTOR]
     ingestor.check_length(request.content_length)

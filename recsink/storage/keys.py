@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 #: Longest segment a value may produce, in characters (well under NAME_MAX = 255 bytes).
 MAX_SEGMENT = 120
@@ -34,6 +34,7 @@ def render_key(template: str, values: Mapping[str, str | None], when: datetime) 
     hh), each value sanitized by :func:`safe_segment`. The template itself is trusted config,
     validated in :mod:`recsink.config`."""
     fields = {k: safe_segment(v) for k, v in values.items()}
+    when = when.astimezone(UTC)
     fields.update(yyyy=f"{when.year:04d}", mm=f"{when.month:02d}",
                   dd=f"{when.day:02d}", hh=f"{when.hour:02d}")
     key = template.format_map(fields)
