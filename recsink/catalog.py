@@ -151,6 +151,7 @@ class Recording:
             "sample_rate": self.sample_rate,
             "sha256": self.sha256,
             "storage_url": self.storage_url,
+            "name": self.name,
             "received_at": iso(self.received_at),
             "updated_at": iso(self.updated_at),
             "attempts": self.attempts,

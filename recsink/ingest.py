@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -192,15 +193,16 @@ class Ingestor:
         started = time.perf_counter()
         self.check_length(intake.content_length)
         key = intake.idempotency_key
-        if key is not None:
-            existing = await self.catalog.by_key(key)
+        try:
+            existing = await self.catalog.by_key(key) if key is not None else None
             if existing is not None and existing.status in SETTLED:
                 return self._duplicate(intake, existing, started)
-
-        blocks = _Blocks(intake.body)
-        head = await blocks.read(SNIFF_BYTES)
-        fmt = self._format(head, intake)
-        record = await self.catalog.begin(self._new_record(intake, key))
+            blocks = _Blocks(intake.body)
+            head = await blocks.read(SNIFF_BYTES)
+            fmt = self._format(head, intake)
+            record = await self.catalog.begin(self._new_record(intake, key))
+        except sqlite3.Error as exc:
+            raise _catalog_error(exc) from exc
         if record.status in SETTLED:  # stored by a concurrent attempt since the check above
             return self._duplicate(intake, record, started)
 
@@ -333,9 +335,14 @@ class Ingestor:
             # Intent first: a crash after the commit below is recovered from this row.
             await self.catalog.update(record.id, storage_key=planned, **facts_columns)
             used = await staging.commit(planned)
-            record = await self.catalog.update(
-                record.id, status=Status.COMPLETED, storage_key=used,
-                storage_url=self.storage.url(used), error=None)
+            try:
+                record = await self.catalog.update(
+                    record.id, status=Status.COMPLETED, storage_key=used,
+                    storage_url=self.storage.url(used), error=None)
+            except BaseException:
+                # Not acknowledged, so not kept: the PBX's retry stores it afresh.
+                await asyncio.shield(self.storage.delete(used))
+                raise
         self._finish("stored", intake, record, started, bytes=size, sha256=sha256,
                      storage_key=used)
         return Outcome(record, created=True)
@@ -384,6 +391,8 @@ class Ingestor:
             if exc.full:
                 return RecsinkError(507, "storage_full", str(exc))
             return unavailable("storage_unavailable", str(exc))
+        if isinstance(exc, sqlite3.Error):
+            return _catalog_error(exc)
         return None
 
     async def recover(self) -> tuple[int, int]:
@@ -406,6 +415,13 @@ class Ingestor:
                     record.id, status=Status.FAILED, error="interrupted")
                 failed += 1
         return completed, failed
+
+
+def _catalog_error(exc: sqlite3.Error) -> RecsinkError:
+    """The answer when the catalog cannot record an upload: nothing was committed."""
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return RecsinkError(507, "storage_full", f"catalog: {exc}")
+    return unavailable("catalog_unavailable", f"catalog: {exc}")
 
 
 def _update(sha256: Any, md5: Any, block: bytes) -> None:

@@ -114,3 +114,53 @@ async def test_settled_records_are_not_reopened(tmp_path: Path) -> None:
     assert (retry.id, retry.status, retry.attempts, retry.error) == (
         failed.id, Status.UPLOADING, 2, None)
     await catalog.close()
+
+
+async def test_full_catalog_answers_507_and_keeps_nothing(make_client: Any) -> None:
+    """When SQLite cannot grow (SQLITE_FULL), uploads answer 507 with a JSON error and no
+    file is kept; a repeat of an already stored recording still answers 200."""
+    from recsink import state
+
+    client = await make_client()
+    first = await client.put("/kazoo/call_recording_c0.mp3", data=TESTBODY,
+                             params={"recording_id": "r0"})
+    assert first.status == 201
+    catalog = client.app[state.CATALOG]
+    await catalog._db.execute("PRAGMA max_page_count = 1")  # cap the file at its current size
+    statuses = []
+    for n in range(1, 30):
+        reply = await client.put(f"/kazoo/call_recording_c{n}.mp3", data=TESTBODY + bytes([n]),
+                                 params={"recording_id": f"r{n}", "note": "x" * 2000})
+        statuses.append(reply.status)
+        if reply.status != 201:
+            assert (await reply.json())["error"] == "storage_full"
+            break
+    assert statuses[-1] == 507
+    root = client.app[state.SETTINGS].storage.disk.root
+    assert len(stored_files(root)) == len(statuses)  # r0 plus the 201s before the catalog filled
+    assert not list((root / ".staging").iterdir())
+    again = await client.put("/kazoo/call_recording_c0.mp3", data=TESTBODY,
+                             params={"recording_id": "r0"})
+    assert again.status == 200
+
+
+async def test_commit_the_catalog_cannot_record_is_undone(make_client: Any) -> None:
+    """If the catalog fails after the object is linked into place, the object is removed
+    again: nothing unacknowledged stays in storage."""
+    from recsink import state
+
+    client = await make_client()
+    catalog = client.app[state.CATALOG]
+    # A real SQLite trigger refuses exactly the completing write.
+    await catalog._db.execute(
+        "CREATE TRIGGER refuse_completion BEFORE UPDATE OF status ON recordings "
+        "WHEN NEW.status = 'completed' BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
+    reply = await client.put("/kazoo/call_recording_c1.mp3", data=TESTBODY,
+                             params={"recording_id": "r1"})
+    assert reply.status == 503
+    assert (await reply.json())["error"] == "catalog_unavailable"
+    root = client.app[state.SETTINGS].storage.disk.root
+    assert stored_files(root) == []
+    assert not list((root / ".staging").iterdir())
+    [record] = (await (await client.get("/v1/recordings")).json())["recordings"]
+    assert record["status"] == "failed"

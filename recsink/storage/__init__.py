@@ -66,6 +66,10 @@ class Storage(Protocol):
     def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         """Stream the object's bytes. Raises :class:`StorageError`."""
 
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key`` (a commit that could not be recorded). Never raises;
+        a missing object is fine."""
+
     async def verify(self, key: str) -> tuple[int, str] | None:
         """``(byte_size, sha256 hex)`` of the object at ``key``, or None if it is missing."""
 

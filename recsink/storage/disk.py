@@ -195,6 +195,15 @@ class DiskStorage:
         except OSError as exc:
             raise _storage_error(exc, f"reading {key}") from exc
 
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            await _run(self._unlink, self.path(key))
+
+    def _unlink(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        if self.fsync:
+            _fsync_dir(path.parent)
+
     async def verify(self, key: str) -> tuple[int, str] | None:
         try:
             return await _run(_size_and_sha256, self.path(key))
