@@ -52,6 +52,8 @@ RUNNER_TITLES: dict[Runner, str] = {
 ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
 MP3_HEAD = b"ID3\x04\x00\x00\x00\x00\x00\x00"
 HOST = "127.0.0.1"
+#: Scenarios writing at least this much get an untimed lead-in run (see run_pass).
+LEAD_IN_BYTES = 64 * MiB
 
 
 # --------------------------------------------------------------------------- server process
@@ -84,11 +86,7 @@ async def _serve(runner_kind: Runner, workdir: Path, fsync: bool, conn: Connecti
     try:
         site = web.TCPSite(runner, HOST, 0)
         await site.start()
-        server = site._server  # the asyncio.Server, to read the bound port
-        assert server is not None
-        assert server.sockets
-        port: int = server.sockets[0].getsockname()[1]
-        conn.send(port)
+        conn.send(site.port)  # the bound port (we asked for 0)
         # Block (in a thread) until the parent says stop or goes away.
         with suppress(EOFError):
             await asyncio.to_thread(conn.recv)
@@ -235,6 +233,10 @@ class Result:
     size: int
     seconds: float
     statuses: dict[int, int] = field(default_factory=dict)
+    #: CPU seconds (user + sys) the server process and this load generator spent in the
+    #: timed window; server None where /proc is not available.
+    server_cpu: float | None = None
+    client_cpu: float = 0.0
 
     @property
     def failures(self) -> int:
@@ -261,8 +263,8 @@ class Uniq:
         return f"{self._prefix}{self._n:016x}"
 
 
-async def load(port: int, count: int, size: int, concurrency: int, uniq: Uniq,
-               warmup: int) -> Result:
+async def load(port: int, server_pid: int, count: int, size: int, concurrency: int,
+               uniq: Uniq, warmup: int) -> Result:
     """``count`` uploads of ``size`` bytes over ``concurrency`` keep-alive connections.
     Connections are opened and warmed up (``warmup`` small uploads each) before the clock
     starts."""
@@ -296,12 +298,30 @@ async def load(port: int, count: int, size: int, concurrency: int, uniq: Uniq,
                 await conn.close()
             statuses[status] = statuses.get(status, 0) + 1
 
+    server_before = process_cpu(server_pid)
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - client_before
+    server_after = process_cpu(server_pid)
+    server_cpu = (server_after - server_before
+                  if server_before is not None and server_after is not None else None)
     for conn in conns:
         await conn.close()
-    return Result(count=count, size=size, seconds=elapsed, statuses=statuses)
+    return Result(count=count, size=size, seconds=elapsed, statuses=statuses,
+                  server_cpu=server_cpu, client_cpu=client_cpu)
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 async def utf8_check(port: int, uniq: Uniq) -> int:
@@ -349,7 +369,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 def run_one(runner_kind: Runner, scenario: Scenario, fsync: bool, uniq: Uniq,
             warmup: int) -> Result:
     with server_process(runner_kind, fsync) as srv:
-        result = asyncio.run(load(srv.port, scenario.count, scenario.size,
+        result = asyncio.run(load(srv.port, srv.pid, scenario.count, scenario.size,
                                   scenario.concurrency, uniq, warmup))
     return result
 
@@ -358,27 +378,54 @@ def run_one(runner_kind: Runner, scenario: Scenario, fsync: bool, uniq: Uniq,
 class Samples:
     values: dict[tuple[str, bool, Runner], list[float]] = field(default_factory=dict)
     failures: dict[tuple[str, bool, Runner], int] = field(default_factory=dict)
+    #: Server CPU milliseconds per upload, per round.
+    server_cpu: dict[tuple[str, bool, Runner], list[float]] = field(default_factory=dict)
 
     def add(self, scenario: Scenario, fsync: bool, runner: Runner, result: Result) -> None:
         key = (scenario.key, fsync, runner)
         self.values.setdefault(key, []).append(scenario.value(result))
+        if result.server_cpu is not None:
+            self.server_cpu.setdefault(key, []).append(result.server_cpu / result.count * 1e3)
         self.failures[key] = self.failures.get(key, 0) + result.failures
 
 
+def cpu_ms(cpu: float | None, result: Result) -> str:
+    return "?" if cpu is None else f"{cpu / result.count * 1000:.2f}"
+
+
 def run_pass(todo: list[Scenario], fsync: bool, repeats: int, samples: Samples, uniq: Uniq,
-             warmup: int) -> None:
+             warmup: int, lead_in: bool) -> None:
+    """``repeats`` rounds of every scenario on both runners; the runner that goes first
+    alternates (ABBA), so use an even ``repeats`` for a balanced order.
+
+    With ``lead_in``, each pair of timed runs that writes a lot (>= LEAD_IN_BYTES) is
+    preceded by one untimed run of the same scenario: on the VM this was written on,
+    whichever run came first after a scenario switch was much slower (10 MiB x 200: ~430 vs
+    ~630 MB/s, with 39 vs 24 ms server CPU per upload, for either runner), apparently because
+    it had to take fresh memory for the page cache while the next run reused the pages the
+    previous one had just freed. The lead-in takes that position."""
+    total = repeats
     for rnd in range(repeats):
-        # ABBA: alternate which runner goes first, so slow drift hits both alike.
         order = RUNNERS if rnd % 2 == 0 else RUNNERS[::-1]
         for scenario in todo:
-            for runner in order:
+            runs: list[tuple[Runner, bool]] = [(r, True) for r in order]
+            if lead_in and scenario.count * scenario.size >= LEAD_IN_BYTES:
+                runs.insert(0, (order[1], False))
+            for runner, timed in runs:
                 result = run_one(runner, scenario, fsync, uniq, warmup)
-                samples.add(scenario, fsync, runner, result)
+                if timed:
+                    samples.add(scenario, fsync, runner, result)
+                else:
+                    samples.failures[("lead-in", fsync, runner)] = (
+                        samples.failures.get(("lead-in", fsync, runner), 0) + result.failures)
                 bad = {s: n for s, n in result.statuses.items() if s != 201}
-                print(f"  fsync={str(fsync).lower():5} round {rnd + 1}/{repeats} "
+                tag = f"round {rnd + 1}/{total}" if timed else "lead-in    "
+                print(f"  fsync={str(fsync).lower():5} {tag} "
                       f"{scenario.label:36} {runner:8} "
                       f"{scenario.value(result):9.1f} {scenario.unit} "
-                      f"({result.seconds:.2f} s){f'  NON-201: {bad}' if bad else ''}",
+                      f"({result.seconds:.2f} s, CPU server {cpu_ms(result.server_cpu, result)}"
+                      f" client {cpu_ms(result.client_cpu, result)} ms/upload)"
+                      f"{f'  NON-201: {bad}' if bad else ''}",
                       file=sys.stderr, flush=True)
 
 
@@ -447,14 +494,37 @@ def table(todo: list[Scenario], samples: Samples, passes: list[tuple[bool, int]]
     return lines
 
 
+def cpu_table(todo: list[Scenario], samples: Samples,
+              passes: list[tuple[bool, int]]) -> list[str]:
+    """Server-process CPU per upload (user + sys, all threads), medians: the cost the head
+    parser adds whatever the wall-clock throughput does."""
+    lines = [
+        "| scenario | server CPU ms/upload, stock | server CPU ms/upload, recsink | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for fsync, _ in passes:
+        for scenario in todo:
+            vals = {r: samples.server_cpu.get((scenario.key, fsync, r), []) for r in RUNNERS}
+            if not all(vals.values()):
+                continue
+            med = {r: statistics.median(v) for r, v in vals.items()}
+            lines.append(f"| ({scenario.key}) fsync {'on' if fsync else 'off'} "
+                         f"| {med['stock']:.2f} | {med['recsink']:.2f} "
+                         f"| {med['recsink'] / med['stock']:.2f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--small-count", type=int, default=2000, help="scenario a uploads")
     parser.add_argument("--large-count", type=int, default=200, help="scenario b uploads")
     parser.add_argument("--serial-count", type=int, default=50, help="scenario c uploads")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds with fsync off")
-    parser.add_argument("--fsync-repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="rounds with fsync off (even: each runner goes first as often)")
+    parser.add_argument("--fsync-repeats", type=int, default=2,
                         help="rounds with storage.disk.fsync on (0 to skip)")
+    parser.add_argument("--no-lead-in", dest="lead_in", action="store_false",
+                        help="skip the untimed run before each timed pair (see run_pass)")
     parser.add_argument("--warmup", type=int, default=5,
                         help="untimed 1 KiB uploads per connection before each timing")
     args = parser.parse_args(argv)
@@ -473,32 +543,44 @@ def main(argv: list[str] | None = None) -> int:
     if args.fsync_repeats > 0:
         passes.append((True, args.fsync_repeats))
     for fsync, repeats in passes:
-        run_pass(todo, fsync, repeats, samples, uniq, args.warmup)
+        run_pass(todo, fsync, repeats, samples, uniq, args.warmup, args.lead_in)
     total = time.perf_counter() - started
 
     ok = checks["stock"] == 400 and checks["recsink"] == 201
     failures = sum(samples.failures.values())
-    print(f"command: `{cmd}`")
-    print(f"machine: nproc={os.cpu_count()}, Python {platform.python_version()} "
+    print(f"- command: `{cmd}`")
+    print(f"- machine: nproc={os.cpu_count()}, Python {platform.python_version()} "
           f"({platform.python_implementation()}), aiohttp {aiohttp.__version__}, "
           f"{platform.system()} {platform.release()} {platform.machine()}")
-    print(f"check: raw UTF-8 query (caller_id_name=Jos\\xc3\\xa9): stock -> "
+    print(f"- check: raw UTF-8 query (caller_id_name=Jos\\xc3\\xa9): stock -> "
           f"{checks['stock']}, recsink -> {checks['recsink']} "
           f"({'OK' if ok else 'UNEXPECTED'}: expected 400 / 201)")
-    print(f"check: non-201 replies across all timed uploads: {failures}")
-    print(f"parser alone (one Kazoo path-A head + 1 KiB body, fresh parser, best of 3 x "
+    print(f"- check: non-201 replies across all uploads (timed and lead-in): {failures}")
+    print(f"- parser alone (one Kazoo path-A head + 1 KiB body, fresh parser, best of 3 x "
           f"20000): C {micro['stock']:.1f} us, pure-Python {micro['recsink']:.1f} us "
           f"(+{micro['recsink'] - micro['stock']:.1f} us per upload)")
     print()
     print("\n".join(table(todo, samples, passes)))
     print()
+    if samples.server_cpu:
+        print("\n".join(cpu_table(todo, samples, passes)))
+        print()
     print("samples (every round, in run order):")
     for fsync, _ in passes:
         for scenario in todo:
             for runner in RUNNERS:
                 vals = samples.values.get((scenario.key, fsync, runner), [])
+                cpu = samples.server_cpu.get((scenario.key, fsync, runner), [])
                 print(f"- ({scenario.key}) fsync {'on' if fsync else 'off'}, {runner}: "
-                      + ", ".join(fmt(v) for v in vals) + f" {scenario.unit}")
+                      + ", ".join(fmt(v) for v in vals) + f" {scenario.unit}; server CPU "
+                      + ", ".join(f"{c:.2f}" for c in cpu) + " ms/upload")
+            pairs = zip(samples.values.get((scenario.key, fsync, "recsink"), []),
+                        samples.values.get((scenario.key, fsync, "stock"), []), strict=True)
+            ratios = [rec / stock for rec, stock in pairs]
+            if ratios:
+                print(f"- ({scenario.key}) fsync {'on' if fsync else 'off'}, recsink / stock "
+                      "per round: " + ", ".join(f"{x:.2f}" for x in ratios)
+                      + f" (median {statistics.median(ratios):.2f})")
     print()
     print(f"total wall time: {total:.0f} s")
     return 0 if ok and failures == 0 else 1
