@@ -236,7 +236,7 @@ class Ingestor:
         fmt = sniff(head)
         if fmt is None and intake.allow_probe and is_probe(head):
             return Format.PROBE
-        if fmt is None or (fmt is not Format.PROBE and fmt.value not in self.settings.formats):
+        if fmt is None or fmt.value not in self.settings.formats:
             what = "an empty body" if not head else f"a body starting {head[:8]!r}"
             raise RecsinkError(
                 415, "unsupported_format",

@@ -316,3 +316,15 @@ def test_help_works() -> None:
         assert result.returncode == 0, result.stderr
         assert "serve" in result.stdout
         assert "check-config" in result.stdout
+
+
+def test_serve_refuses_an_open_non_loopback_listener(tmp_path: Path) -> None:
+    """``recsink serve`` on 0.0.0.0 with no credentials exits 2 before listening, naming
+    ``auth.allow_unauthenticated``."""
+    env = {**os.environ, "RECSINK_SERVER__HOST": "0.0.0.0", "RECSINK_SERVER__PORT": "0"}
+    result = subprocess.run([sys.executable, "-m", "recsink", "serve"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "auth.allow_unauthenticated" in result.stderr
+    assert "server.listening" not in result.stdout
+    assert not (tmp_path / "var").exists()
