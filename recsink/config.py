@@ -45,7 +45,7 @@ GiB = 1024 * MiB
 KEY_TEMPLATE_FIELDS = frozenset(
     {
         "account_id", "owner_id", "call_id", "recording_id", "id", "source",
-        "yyyy", "mm", "dd", "hh", "ext", "sha256",
+        "yyyy", "mm", "dd", "hh", "ext",
     }
 )
 
@@ -86,7 +86,7 @@ class StorageSettings(_Section):
     backend: Literal["disk"] = "disk"
     #: Object name for a stored recording, relative to the storage root. Variables:
     #: account_id, owner_id, call_id, recording_id, id, source, yyyy, mm, dd, hh (UTC, of the
-    #: call's start, else of receipt), ext, sha256. Values are sanitized into single safe path
+    #: call's start, else of receipt), ext. Values are sanitized into single safe path
     #: segments; an empty value becomes "_".
     key_template: str = "{account_id}/{yyyy}/{mm}/{dd}/{recording_id}.{ext}"
     disk: DiskSettings = DiskSettings()

@@ -210,7 +210,7 @@ class Ingestor:
         self.metrics.in_flight.inc()
         staging: Staging | None = None
         try:
-            staging = await self.storage.open_staging()
+            staging = await self.storage.open_staging(self._planned_key(intake, record, fmt))
             sha256 = await self._stream(intake, blocks, head, fmt, staging)
             local = await staging.finish()
             facts = await _in_thread(probe, local, fmt) if local else AudioFacts()
@@ -244,6 +244,15 @@ class Ingestor:
                 f"({', '.join(self.settings.formats)}); the format is read from the bytes",
                 bytes=len(head))
         return fmt
+
+    def _planned_key(self, intake: Intake, record: Recording, fmt: Format) -> str:
+        """Where the recording is meant to be stored (``storage.key_template``)."""
+        return render_key(
+            self.key_template,
+            {"account_id": intake.account_id, "owner_id": intake.owner_id,
+             "call_id": intake.call_id, "recording_id": intake.recording_id or record.id,
+             "id": record.id, "source": intake.source, "ext": fmt.value},
+            intake.started_at or record.received_at)
 
     def _new_record(self, intake: Intake, key: str | None) -> Recording:
         metadata = dict(intake.metadata)
@@ -325,16 +334,9 @@ class Ingestor:
                 self._finish("discarded", intake, record, started, bytes=size)
                 return Outcome(record, created=False)
 
-            planned = render_key(
-                self.key_template,
-                {"account_id": intake.account_id, "owner_id": intake.owner_id,
-                 "call_id": intake.call_id, "recording_id": intake.recording_id or record.id,
-                 "id": record.id, "source": intake.source, "ext": fmt.value,
-                 "sha256": sha256},
-                intake.started_at or record.received_at)
             # Intent first: a crash after the commit below is recovered from this row.
-            await self.catalog.update(record.id, storage_key=planned, **facts_columns)
-            used = await staging.commit(planned)
+            await self.catalog.update(record.id, storage_key=staging.key, **facts_columns)
+            used = await staging.commit()
             try:
                 record = await self.catalog.update(
                     record.id, status=Status.COMPLETED, storage_key=used,

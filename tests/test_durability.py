@@ -75,10 +75,10 @@ async def test_commit_links_without_overwriting(tmp_path: Path) -> None:
     assert await storage.start() == 0
     keys = []
     for body in (b"first", b"second", b"third"):
-        staging = await storage.open_staging()
+        staging = await storage.open_staging("acct/2024/rec.mp3")
         await staging.write(body)
         await staging.finish()
-        keys.append(await staging.commit("acct/2024/rec.mp3"))
+        keys.append(await staging.commit())
     assert keys == ["acct/2024/rec.mp3", "acct/2024/rec~2.mp3", "acct/2024/rec~3.mp3"]
     assert [storage.path(k).read_bytes() for k in keys] == [b"first", b"second", b"third"]
     assert list(storage.staging_dir.iterdir()) == []
@@ -91,7 +91,7 @@ async def test_aborted_staging_leaves_nothing(tmp_path: Path) -> None:
     storage = DiskStorage(tmp_path / "root")
     await storage.start()
     for finish in (False, True):
-        staging = await storage.open_staging()
+        staging = await storage.open_staging("acct/rec.mp3")
         await staging.write(b"partial")
         if finish:
             await staging.finish()

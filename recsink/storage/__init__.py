@@ -2,11 +2,13 @@
 
 Ingest writes a recording in three steps, and a backend guarantees what each means:
 
-1. :meth:`Storage.open_staging` gives a :class:`Staging`; :meth:`Staging.write` takes the body
-   in large blocks, in order. Nothing written to a staging object is visible under any key.
+1. :meth:`Storage.open_staging` gives a :class:`Staging` for the key the object is meant to
+   have (known before the first byte, as an S3 multipart upload needs it);
+   :meth:`Staging.write` takes the body in large blocks, in order. Nothing written to a
+   staging object is visible under any key.
 2. :meth:`Staging.finish` makes the staged bytes durable (fsync) and says where a local copy
    can be read, if there is one.
-3. :meth:`Staging.commit` makes the object visible under a key atomically and **never
+3. :meth:`Staging.commit` makes the object visible under its key atomically and **never
    overwrites**: if the key is taken, the object gets the next free variant of it and the
    key actually used is returned. :meth:`Staging.abort` throws the staged bytes away.
 
@@ -31,6 +33,9 @@ class StorageError(Exception):
 class Staging(Protocol):
     """One recording on its way into storage."""
 
+    #: The key the object is meant to have.
+    key: str
+
     async def write(self, block: bytes) -> None:
         """Append ``block``. Raises :class:`StorageError`."""
 
@@ -38,8 +43,8 @@ class Staging(Protocol):
         """Make the staged bytes durable. Returns a local file holding them (for reading
         audio headers) or None. Raises :class:`StorageError`."""
 
-    async def commit(self, key: str) -> str:
-        """Make the object visible at ``key`` or, if ``key`` is taken, at the next free
+    async def commit(self) -> str:
+        """Make the object visible at :attr:`key` or, if that is taken, at the next free
         variant of it; return the key used. Raises :class:`StorageError`."""
 
     async def abort(self) -> None:
@@ -54,8 +59,8 @@ class Storage(Protocol):
         """Prepare for use and sweep staging leftovers of earlier runs; return how many were
         removed. Raises :class:`StorageError`."""
 
-    async def open_staging(self) -> Staging:
-        """Begin a new staged object. Raises :class:`StorageError`."""
+    async def open_staging(self, key: str) -> Staging:
+        """Begin a new staged object meant for ``key``. Raises :class:`StorageError`."""
 
     def url(self, key: str) -> str:
         """Where the object at ``key`` lives, as a URL (``file:///…``, ``s3://…``)."""

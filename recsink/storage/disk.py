@@ -55,7 +55,10 @@ def _fsync_dir(path: Path) -> None:
 class DiskStaging:
     """One recording being written to ``root/.staging``; see :class:`recsink.storage.Staging`."""
 
-    def __init__(self, storage: DiskStorage, path: Path, fh: AsyncBufferedIOBase) -> None:
+    def __init__(
+        self, storage: DiskStorage, key: str, path: Path, fh: AsyncBufferedIOBase
+    ) -> None:
+        self.key = key
         self._storage = storage
         self._path = path
         self._fh: AsyncBufferedIOBase | None = fh
@@ -81,10 +84,10 @@ class DiskStaging:
             await fh.close()
         return self._path
 
-    async def commit(self, key: str) -> str:
+    async def commit(self) -> str:
         assert self._fh is None, "commit before finish"
         try:
-            used = await _run(self._storage.place, self._path, key)
+            used = await _run(self._storage.place, self._path, self.key)
         except OSError as exc:
             raise _storage_error(exc, "committing") from exc
         self._committed = True
@@ -129,13 +132,14 @@ class DiskStorage:
             _fsync_dir(self.staging_dir)
         return swept
 
-    async def open_staging(self) -> DiskStaging:
+    async def open_staging(self, key: str) -> DiskStaging:
+        self.path(key)  # refuse a key outside the root before any byte is written
         path = self.staging_dir / f"{secrets.token_hex(16)}.part"
         try:
             fh = await aiofiles.open(path, "xb")
         except OSError as exc:
             raise _storage_error(exc, "creating a staging file") from exc
-        return DiskStaging(self, path, fh)
+        return DiskStaging(self, key, path, fh)
 
     def path(self, key: str) -> Path:
         """The file for ``key``; raises ValueError for a key that would leave the root."""
