@@ -7,6 +7,8 @@ records recovered) before the first request, closed after the last.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +22,12 @@ from recsink.config import Settings
 from recsink.errors import RecsinkError
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
+from recsink.shipper import Shipper
 from recsink.sources import kazoo
+from recsink.storage import Storage
 from recsink.storage.disk import DiskStorage
+from recsink.storage.s3 import S3Storage
+from recsink.storage.s3client import open_client
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -41,25 +47,42 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
-    """Open catalog and storage, recover interrupted uploads; close the catalog at exit."""
+    """Open storage (sweeping staging leftovers) and the catalog, recover interrupted
+    uploads, start the spool shipper for S3; undo all of it, in reverse, at exit."""
     settings = app[state.SETTINGS]
-    log = logs.get_logger()
-    storage = DiskStorage(settings.storage.disk.root, fsync=settings.storage.disk.fsync)
-    swept = await storage.start()
-    catalog = await Catalog.open(settings.catalog.path)
-    try:
+    metrics = app[state.METRICS]
+    async with contextlib.AsyncExitStack() as stack:
+        storage: Storage
+        if settings.storage.backend == "s3":
+            client = await stack.enter_async_context(open_client(settings.storage.s3))
+            storage = s3 = S3Storage(client, settings.storage.s3, metrics)
+            where = {"destination": s3.destination.url(""), "spool": str(s3.spool.root)}
+        else:
+            storage = DiskStorage(settings.storage.disk.root, fsync=settings.storage.disk.fsync)
+            where = {"root": str(storage.root)}
+        swept = await storage.start()
+        catalog = await Catalog.open(settings.catalog.path)
+        stack.push_async_callback(catalog.close)
         ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, catalog,
-                            app[state.METRICS])
+                            metrics)
         completed, failed = await ingestor.recover()
-        log.info("storage.ready", backend="disk", root=str(storage.root),
-                 staging_swept=swept, catalog=str(settings.catalog.path),
-                 recovered_completed=completed, recovered_failed=failed)
+        logs.get_logger().info(
+            "storage.ready", backend=settings.storage.backend, **where,
+            staging_swept=swept, catalog=str(settings.catalog.path),
+            recovered_completed=completed, recovered_failed=failed)
+        if settings.storage.backend == "s3":
+            shipping = asyncio.create_task(Shipper(s3, catalog, metrics).run())
+            stack.push_async_callback(_stop, shipping)
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
         app[state.INGESTOR] = ingestor
         yield
-    finally:
-        await catalog.close()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _request_id(request: web.Request) -> str:

@@ -13,9 +13,10 @@ worker thread; nothing is loaded into memory.
 from __future__ import annotations
 
 import enum
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import mutagen
 import mutagen.mp3
@@ -90,18 +91,76 @@ class AudioFacts:
     channels: int | None = None
 
 
+#: Bytes of a body's start and end kept for :func:`probe_parts` (headers and trailing tags).
+EDGE_BYTES = 64 * 1024
+
+
 def probe(path: Path, fmt: Format) -> AudioFacts:
     """Read duration, sample rate and channels from the file at ``path`` (blocking: call it
     in a worker thread). A file whose headers mutagen cannot read gives empty facts; that is
     not an error, the recording is kept as it came."""
+    try:
+        with path.open("rb") as fh:
+            return _probe(fh, fmt)
+    except OSError:
+        return AudioFacts()
+
+
+def probe_parts(head: bytes, tail: bytes, size: int, fmt: Format) -> AudioFacts:
+    """The facts of a body that is not on this machine (streamed to S3), from its first
+    and last :data:`EDGE_BYTES` bytes and its size in bytes: mutagen reads the headers
+    (RIFF chunks, ID3, the Xing/Info frame) and the trailing tags, never the audio."""
+    return _probe(io.BufferedReader(_EdgesFile(head, tail, size)), fmt)
+
+
+class _EdgesFile(io.RawIOBase):
+    """A read-only file of ``size`` bytes of which only the edges are known (zeros
+    between)."""
+
+    def __init__(self, head: bytes, tail: bytes, size: int) -> None:
+        self._head, self._tail, self._size, self._pos = head, tail, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        start, end = self._pos, min(self._size, self._pos + len(buffer))
+        if end <= start:
+            return 0
+        out = bytearray(end - start)  # zeros where nothing is known
+        head_end = min(end, len(self._head))
+        if start < head_end:
+            out[:head_end - start] = self._head[start:head_end]
+        tail_start = self._size - len(self._tail)
+        lo = max(start, tail_start)
+        if lo < end:
+            out[lo - start:] = self._tail[lo - tail_start:end - tail_start]
+        buffer[:len(out)] = out
+        self._pos = end
+        return len(out)
+
+
+def _probe(fh: IO[bytes], fmt: Format) -> AudioFacts:
     info: Any
     try:
         if fmt is Format.WAV:
-            info = mutagen.wave.WAVE(path).info
+            info = mutagen.wave.WAVE(fh).info
             length = float(info.length)
         elif fmt is Format.MP3:
-            info = mutagen.mp3.MP3(path).info
-            length = _mpeg_stream_seconds(path, info)
+            fh.seek(0)
+            info = mutagen.mp3.MP3(fh).info
+            length = _mpeg_stream_seconds(fh, info)
         else:
             return AudioFacts()
     except (mutagen.MutagenError, OSError, ValueError, ZeroDivisionError):
@@ -113,7 +172,7 @@ def probe(path: Path, fmt: Format) -> AudioFacts:
     )
 
 
-def _mpeg_stream_seconds(path: Path, info: Any) -> float:
+def _mpeg_stream_seconds(fh: IO[bytes], info: Any) -> float:
     """Duration of the whole MPEG stream: every frame in the file x samples per frame.
 
     mutagen's ``length`` is the gapless length (LAME's encoder delay and padding removed, and
@@ -128,12 +187,11 @@ def _mpeg_stream_seconds(path: Path, info: Any) -> float:
         samples_per_frame = 1152
     else:
         samples_per_frame = 576
-    with path.open("rb") as fh:
-        fh.seek(info.frame_offset + XingHeader.get_offset(info))
-        try:
-            frames = int(XingHeader(fh).frames)
-        except XingHeaderError:
-            frames = -1
+    fh.seek(info.frame_offset + XingHeader.get_offset(info))
+    try:
+        frames = int(XingHeader(fh).frames)
+    except XingHeaderError:
+        frames = -1
     if frames <= 0:
         return float(info.length)
     return float((frames + 1) * samples_per_frame / info.sample_rate)

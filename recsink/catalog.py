@@ -25,7 +25,7 @@ from typing import Any
 
 import aiosqlite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -63,6 +63,19 @@ CREATE INDEX IF NOT EXISTS recordings_recording_id ON recordings (recording_id);
 CREATE INDEX IF NOT EXISTS recordings_status ON recordings (status);
 """
 
+#: Schema changes by version, applied in order to catalogs older than SCHEMA_VERSION.
+_MIGRATIONS = {
+    # 2: recordings kept in the local spool while S3 was unreachable, and their shipping.
+    2: """
+ALTER TABLE recordings ADD COLUMN ship_state TEXT
+    CHECK (ship_state IS NULL OR ship_state IN ('pending', 'shipped'));
+ALTER TABLE recordings ADD COLUMN ship_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recordings ADD COLUMN next_ship_at TEXT;
+ALTER TABLE recordings ADD COLUMN ship_error TEXT;
+CREATE INDEX IF NOT EXISTS recordings_shipping ON recordings (ship_state, next_ship_at);
+""",
+}
+
 
 class Status(enum.StrEnum):
     RECORDING = "recording"
@@ -88,7 +101,13 @@ def iso(when: datetime | None) -> str | None:
 
 
 def _parse_iso(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+_MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "txt": "text/plain"}
 
 
 def new_id() -> str:
@@ -128,6 +147,11 @@ class Recording:
     error: str | None = None
     attempts: int = 1
     updated_at: datetime | None = None
+    #: Spooled while S3 was unreachable: "pending" until shipped, then "shipped".
+    ship_state: str | None = None
+    ship_attempts: int = 0
+    next_ship_at: datetime | None = None
+    ship_error: str | None = None
 
     def resource(self) -> dict[str, Any]:
         """The recording resource as served by the API and upload responses."""
@@ -157,10 +181,53 @@ class Recording:
             "attempts": self.attempts,
             "error": self.error,
             "metadata": self.metadata,
+            "shipping": None if self.ship_state is None else {
+                "state": self.ship_state, "attempts": self.ship_attempts,
+                "next_attempt_at": iso(self.next_ship_at), "error": self.ship_error},
         }
 
+    def object_metadata(self) -> dict[str, Any]:
+        """What a stored object carries about its recording (``x-amz-meta-*``); enough for
+        :meth:`from_object_metadata` to rebuild the record (``recsink reindex``)."""
+        return {
+            "recsink-id": self.id, "idempotency-key": self.idempotency_key,
+            "source": self.source, "call-id": self.call_id, "recording-id": self.recording_id,
+            "interaction-id": self.interaction_id, "account-id": self.account_id,
+            "from": self.from_uri, "to": self.to_uri, "name": self.name,
+            "started-at": iso(self.started_at), "stopped-at": iso(self.stopped_at),
+            "received-at": iso(self.received_at), "format": self.format,
+            "sha256": self.sha256, "duration-ms": self.duration_ms,
+            "channels": self.channels, "sample-rate": self.sample_rate,
+        }
 
-_TIMES = {"received_at", "started_at", "stopped_at", "updated_at"}
+    @classmethod
+    def from_object_metadata(cls, meta: Mapping[str, str], key: str, url: str) -> Recording:
+        """A completed record for an object found in storage (``meta`` as decoded from its
+        ``x-amz-meta-*``, plus ``bytes``, its size)."""
+
+        def number(name: str) -> int | None:
+            value = meta.get(name)
+            return int(value) if value and value.isdigit() else None
+
+        fmt = meta.get("format") or key.rpartition(".")[2]
+        return cls(
+            id=meta.get("recsink-id") or new_id(), source=meta.get("source") or "unknown",
+            status=Status.COMPLETED,
+            received_at=_parse_iso(meta.get("received-at")) or utcnow(),
+            idempotency_key=meta.get("idempotency-key") or None,
+            recording_id=meta.get("recording-id") or None, call_id=meta.get("call-id") or None,
+            interaction_id=meta.get("interaction-id") or None,
+            account_id=meta.get("account-id") or None, from_uri=meta.get("from") or None,
+            to_uri=meta.get("to") or None, name=meta.get("name") or None,
+            started_at=_parse_iso(meta.get("started-at")),
+            stopped_at=_parse_iso(meta.get("stopped-at")),
+            duration_ms=number("duration-ms"), byte_size=number("bytes"),
+            media_type=_MEDIA_TYPES.get(fmt), format=fmt, channels=number("channels"),
+            sample_rate=number("sample-rate"), sha256=meta.get("sha256") or None,
+            storage_key=key, storage_url=url)
+
+
+_TIMES = {"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at"}
 
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,8 +267,13 @@ class Catalog:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=FULL")
         await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(_SCHEMA)
-        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+        if version == 0:
+            await db.executescript(_SCHEMA)
+            version = 1
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await db.executescript(
+                f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
         return cls(db)
 
     async def close(self) -> None:
@@ -297,6 +369,44 @@ class Catalog:
         if not rows:
             raise KeyError(record_id)
         return _from_row(next(iter(rows)))
+
+    async def adopt(self, record: Recording) -> Recording:
+        """Record a recording found already stored (by another instance, or by
+        ``recsink reindex``): insert it, or settle the unsettled row of its idempotency key.
+        A settled row is left as it is. Returns the row."""
+        row = _to_row(asdict(record))
+        row["updated_at"] = iso(utcnow())
+        columns = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        stored = [c for c in row if c not in ("id", "idempotency_key", "received_at",
+                                              "attempts", "metadata")]
+        settled = ", ".join(f"'{s.value}'" for s in SETTLED)
+        updates = ", ".join(
+            f"{c} = CASE WHEN status IN ({settled}) THEN {c} ELSE excluded.{c} END"
+            for c in stored if c != "status")
+        sql = (f"INSERT INTO recordings ({columns}) VALUES ({marks}) "  # noqa: S608
+               f"ON CONFLICT ({'idempotency_key' if record.idempotency_key else 'id'}) "
+               f"DO UPDATE SET {updates}, status = CASE WHEN status IN ({settled}) "
+               f"THEN status ELSE excluded.status END RETURNING *")
+        rows = await self._db.execute_fetchall(sql, row)
+        return _from_row(next(iter(rows)))
+
+    async def due_for_shipping(self, now: datetime, limit: int) -> list[Recording]:
+        """Spooled recordings whose next shipping attempt is due, oldest first."""
+        rows = await self._db.execute_fetchall(
+            "SELECT * FROM recordings WHERE ship_state = 'pending' AND next_ship_at <= ? "
+            "ORDER BY next_ship_at LIMIT ?", (iso(now), limit))
+        return [_from_row(r) for r in rows]
+
+    async def next_shipping_time(self) -> datetime | None:
+        rows = list(await self._db.execute_fetchall(
+            "SELECT MIN(next_ship_at) FROM recordings WHERE ship_state = 'pending'"))
+        return _parse_iso(rows[0][0]) if rows else None
+
+    async def pending_shipping(self) -> int:
+        rows = list(await self._db.execute_fetchall(
+            "SELECT COUNT(*) FROM recordings WHERE ship_state = 'pending'"))
+        return int(rows[0][0])
 
     async def release_key(self, record_id: str) -> None:
         """Take the idempotency key off an unsettled record, so another attempt may use it."""

@@ -1,7 +1,9 @@
 """``recsink serve [--config PATH]`` and ``recsink check-config [--config PATH]``.
 
+``recsink reindex [--config PATH]`` rebuilds the catalog from the S3 bucket (prints counts).
+
 Exit status: 0 on success, 2 when the configuration is invalid (the message names each bad
-key), 1 when serving fails at start-up (storage or catalog unusable).
+key), 1 when serving or reindexing fails (storage or catalog unusable).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("serve", "run the HTTP server"),
                        ("check-config", "validate the configuration and print it, "
-                                        "secrets masked")):
+                                        "secrets masked"),
+                       ("reindex", "rebuild the catalog from the S3 bucket's object metadata "
+                                   "(storage.backend = \"s3\")")):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument(
             "--config", type=Path, metavar="PATH",
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_effective(settings))
         print("configuration OK", file=sys.stderr)
         return 0
+    if args.command == "reindex":
+        return _reindex(settings)
 
     from recsink.server import serve  # aiohttp is only needed to serve
 
@@ -57,6 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         logs.get_logger().error("server.failed", error=str(exc), exc_info=exc)
         return 1
+    return 0
+
+
+def _reindex(settings: Settings) -> int:
+    if settings.storage.backend != "s3":
+        print("recsink: reindex needs storage.backend = \"s3\"", file=sys.stderr)
+        return 2
+    from recsink.reindex import reindex
+
+    logs.configure(settings.log.level, settings.secrets(), stream=sys.stderr)
+    try:
+        counts = asyncio.run(reindex(settings))
+    except Exception as exc:
+        logs.get_logger().error("reindex.failed", error=str(exc), exc_info=exc)
+        return 1
+    print(json.dumps(counts))
     return 0
 
 

@@ -16,6 +16,7 @@ commented copy of every key and DESIGN.md "HTTP surface and configuration".
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 import tomllib
 from pathlib import Path
@@ -80,16 +81,96 @@ class DiskSettings(_Section):
     fsync: bool = True
 
 
+class S3Settings(_Section):
+    """``[storage.s3]``: an S3 (or S3-compatible, or Google Cloud Storage) bucket."""
+
+    #: Destination in Sinch's form: ``s3://bucket/prefix`` or ``gs://bucket/prefix`` (Google
+    #: Cloud Storage through its XML interoperability endpoint, with HMAC keys).
+    url: str = ""
+    #: S3-compatible stores (MinIO, Ceph, R2, Wasabi): their endpoint. Empty: AWS, or
+    #: https://storage.googleapis.com for gs://.
+    endpoint_url: str = ""
+    #: ``AccessKey:SecretKey:Region`` (Sinch's form). Empty: the standard AWS chain
+    #: (environment, ~/.aws, instance role).
+    credentials: SecretStr = SecretStr("")
+    #: Region when the credentials do not name one; empty: us-east-1 (``auto`` for gs://).
+    region: str = ""
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    #: botocore's checksum behaviour; ``when_required`` is what third-party stores accept.
+    request_checksum_calculation: Literal["when_required", "when_supported"] = "when_required"
+    #: Server-side encryption: "", "AES256" or "aws:kms" (with ``sse_kms_key_id``).
+    server_side_encryption: Literal["", "AES256", "aws:kms"] = ""
+    sse_kms_key_id: str = ""
+    #: Storage class for new objects ("" = the bucket's default), e.g. STANDARD_IA.
+    storage_class: str = ""
+    #: Multipart part size, bytes (S3's minimum is 5 MiB).
+    part_size: int = Field(8 * MiB, ge=5 * MiB, le=512 * MiB)
+    #: Parts of one upload sent while the next is read.
+    parts_in_flight: int = Field(4, ge=1, le=64)
+    #: Part buffers shared by all uploads, bytes: the bound on recsink's S3 buffer memory.
+    #: Uploads wait for a free buffer (reading the client no further) when all are in use.
+    max_buffer_bytes: int = Field(64 * MiB, ge=10 * MiB)
+    #: Attempts per S3 request (botocore standard retries, with backoff, on throttling and
+    #: 5xx), and connect/read timeouts in seconds.
+    max_attempts: int = Field(5, ge=1, le=20)
+    connect_timeout: float = Field(5.0, gt=0)
+    read_timeout: float = Field(60.0, gt=0)
+    #: Cross-instance dedupe: a claim not refreshed for ``claim_ttl`` seconds is abandoned
+    #: (its instance died) and may be taken over; holders refresh every ``claim_refresh``.
+    claim_ttl: float = Field(60.0, gt=0)
+    claim_refresh: float = Field(15.0, gt=0)
+    #: Seconds a duplicate waits for another instance that is storing the same recording,
+    #: before answering 503 with Retry-After.
+    claim_wait: float = Field(20.0, ge=0)
+    #: Local spool for recordings received while S3 is unreachable (fsynced like disk
+    #: storage), shipped to S3 in the background.
+    spool_dir: Path = Path("var/spool")
+    #: Seconds new uploads go straight to the spool after S3 was found unreachable.
+    unreachable_hold: float = Field(10.0, gt=0)
+    #: Shipping retries back off exponentially from 1 s up to this many seconds.
+    ship_backoff_max: float = Field(300.0, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _destination(cls, url: str) -> str:
+        if url and not re.fullmatch(r"(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,254}(/.*)?", url):
+            raise ValueError("must be s3://bucket[/prefix] or gs://bucket[/prefix]")
+        return url
+
+    @field_validator("credentials")
+    @classmethod
+    def _three_parts(cls, credentials: SecretStr) -> SecretStr:
+        value = credentials.get_secret_value()
+        if value and len(value.split(":")) != 3:
+            raise ValueError("must be AccessKey:SecretKey:Region (or empty for the AWS chain)")
+        return credentials
+
+    @model_validator(mode="after")
+    def _refresh_within_ttl(self) -> S3Settings:
+        if self.claim_refresh * 2 > self.claim_ttl:
+            raise ValueError("claim_refresh must be at most half of claim_ttl")
+        if self.max_buffer_bytes < 2 * self.part_size:
+            raise ValueError("max_buffer_bytes must hold at least two parts")
+        return self
+
+
 class StorageSettings(_Section):
     """``[storage]``: which backend stores recordings and how objects are named."""
 
-    backend: Literal["disk"] = "disk"
+    backend: Literal["disk", "s3"] = "disk"
     #: Object name for a stored recording, relative to the storage root. Variables:
     #: account_id, owner_id, call_id, recording_id, id, source, yyyy, mm, dd, hh (UTC, of the
     #: call's start, else of receipt), ext. Values are sanitized into single safe path
     #: segments; an empty value becomes "_".
     key_template: str = "{account_id}/{yyyy}/{mm}/{dd}/{recording_id}.{ext}"
     disk: DiskSettings = DiskSettings()
+    s3: S3Settings = S3Settings()
+
+    @model_validator(mode="after")
+    def _s3_destination(self) -> StorageSettings:
+        if self.backend == "s3" and not self.s3.url:
+            raise ValueError("storage.s3.url: required when storage.backend = \"s3\"")
+        return self
 
     @field_validator("key_template")
     @classmethod
@@ -255,7 +336,11 @@ class Settings(BaseSettings):
         """Every configured secret value, for the log redactor."""
         values = [c.password for c in self.auth.basic]
         values += self.auth.bearer_tokens + self.auth.url_tokens + self.api.tokens
-        return [s.get_secret_value() for s in values if s.get_secret_value()]
+        secrets = [s.get_secret_value() for s in values if s.get_secret_value()]
+        s3_credentials = self.storage.s3.credentials.get_secret_value()
+        if s3_credentials:
+            secrets += s3_credentials.split(":")[:2]  # access key and secret key
+        return secrets
 
 
 def is_loopback(host: str) -> bool:

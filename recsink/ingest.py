@@ -37,12 +37,30 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from recsink import logs
-from recsink.audio import PROBE_MAX_BYTES, SNIFF_BYTES, AudioFacts, Format, is_probe, probe, sniff
+from recsink.audio import (
+    EDGE_BYTES,
+    PROBE_MAX_BYTES,
+    SNIFF_BYTES,
+    AudioFacts,
+    Format,
+    is_probe,
+    probe,
+    probe_parts,
+    sniff,
+)
 from recsink.catalog import SETTLED, Catalog, Recording, Status, new_id, utcnow
 from recsink.config import IngestSettings
 from recsink.errors import RecsinkError, bad_request, unavailable
 from recsink.metrics import Metrics
-from recsink.storage import Staging, Storage, StorageError
+from recsink.storage import (
+    AlreadyStored,
+    Claim,
+    ClaimBusy,
+    Existing,
+    Staging,
+    Storage,
+    StorageError,
+)
 from recsink.storage.keys import render_key
 
 _T = TypeVar("_T")
@@ -153,6 +171,30 @@ class _Blocks:
         return b"".join(parts)
 
 
+@dataclass
+class _Attempt:
+    """One upload attempt in flight: what it reads, where it writes, what it holds."""
+
+    intake: Intake
+    started: float
+    blocks: _Blocks
+    fmt: Format
+    record: Recording
+    claim: Claim | None = None
+    staging: Staging | None = None
+    sha256: str = ""
+    head: bytes = b""  # the body's first and last EDGE_BYTES, for probe_parts
+    tail: bytes = b""
+
+    async def drop(self) -> None:
+        """Throw the staged bytes away and give up the claim (never raises)."""
+        if self.staging is not None:
+            await self.staging.abort()
+        if self.claim is not None:
+            claim, self.claim = self.claim, None
+            await claim.release()
+
+
 class Ingestor:
     """The pipeline; one per application, shared by every source."""
 
@@ -188,11 +230,13 @@ class Ingestor:
 
         Raises :class:`RecsinkError`: 400 (length or Content-MD5 mismatch, body broke off),
         408 (body silent too long), 413 (over the cap), 415 (not an allowed format),
-        503 (storage unavailable), 507 (storage full).
+        503 (storage or catalog unavailable, or another instance storing the same recording),
+        507 (storage full).
         """
         started = time.perf_counter()
         self.check_length(intake.content_length)
         key = intake.idempotency_key
+        claim: Claim | None = None
         try:
             existing = await self.catalog.by_key(key) if key is not None else None
             if existing is not None and existing.status in SETTLED:
@@ -200,24 +244,40 @@ class Ingestor:
             blocks = _Blocks(intake.body)
             head = await blocks.read(SNIFF_BYTES)
             fmt = self._format(head, intake)
+            if key is not None:
+                claimed = await self._claim(intake, key)
+                if isinstance(claimed, Recording):
+                    return self._duplicate(intake, claimed, started)
+                claim = claimed
             record = await self.catalog.begin(self._new_record(intake, key))
-        except sqlite3.Error as exc:
-            raise _catalog_error(exc) from exc
+        except BaseException as exc:
+            if claim is not None:
+                await asyncio.shield(claim.release())
+            if isinstance(exc, sqlite3.Error):
+                raise _catalog_error(exc) from exc
+            raise
         if record.status in SETTLED:  # stored by a concurrent attempt since the check above
+            if claim is not None:
+                await claim.release()
             return self._duplicate(intake, record, started)
 
+        attempt = _Attempt(intake, started, blocks, fmt, record, claim)
         self._running[record.id] += 1
         self.metrics.in_flight.inc()
-        staging: Staging | None = None
         try:
-            staging = await self.storage.open_staging(self._planned_key(intake, record, fmt))
-            sha256 = await self._stream(intake, blocks, head, fmt, staging)
-            local = await staging.finish()
-            facts = await _in_thread(probe, local, fmt) if local else AudioFacts()
-            return await self._commit(
-                intake, record, staging, blocks.total, sha256, fmt, facts, started)
+            attempt.staging = await self.storage.open_staging(
+                self._planned_key(intake, record, fmt), record.object_metadata())
+            await self._stream(attempt, head)
+            local = await attempt.staging.finish()
+            facts: AudioFacts
+            if local is not None:
+                facts = await _in_thread(probe, local, fmt)
+            else:
+                facts = await _in_thread(
+                    probe_parts, attempt.head, attempt.tail, blocks.total, fmt)
+            return await self._commit(attempt, facts)
         except BaseException as exc:
-            await asyncio.shield(self._fail(record, staging, exc))
+            await asyncio.shield(self._fail(attempt, exc))
             error = self._as_http_error(exc)
             if error is None:
                 raise
@@ -231,6 +291,23 @@ class Ingestor:
             if not self._running[record.id]:
                 del self._running[record.id]
             self.metrics.in_flight.dec()
+
+    async def _claim(self, intake: Intake, key: str) -> Claim | Recording:
+        """Claim ``key`` across instances sharing the storage: the claim, or the record of
+        the recording another instance already stored (adopted into this catalog)."""
+        try:
+            claimed = await self.storage.claim(key)
+        except ClaimBusy as exc:
+            raise unavailable("claimed_elsewhere", str(exc), retry_after=exc.retry_after,
+                              ) from exc
+        except StorageError as exc:
+            raise self._storage_error(exc) from exc
+        if isinstance(claimed, Existing):
+            found = Recording.from_object_metadata(
+                claimed.meta, claimed.key, self.storage.url(claimed.key))
+            found.idempotency_key = key
+            return await self.catalog.adopt(found)
+        return claimed
 
     def _format(self, head: bytes, intake: Intake) -> Format:
         fmt = sniff(head)
@@ -265,22 +342,26 @@ class Ingestor:
             from_uri=intake.from_uri, to_uri=intake.to_uri, started_at=intake.started_at,
             duration_ms=intake.duration_ms, name=intake.name, metadata=metadata)
 
-    async def _stream(
-        self, intake: Intake, blocks: _Blocks, head: bytes, fmt: Format, staging: Staging
-    ) -> str:
-        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; returns the
-        sha256 (hex) once the body is complete and checked."""
-        cap = PROBE_MAX_BYTES if fmt is Format.PROBE else self.settings.max_bytes
+    async def _stream(self, attempt: _Attempt, head: bytes) -> None:
+        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; keeps the
+        body's edges for :func:`~recsink.audio.probe_parts` and sets ``attempt.sha256``
+        once the body is complete and checked."""
+        intake, blocks, staging = attempt.intake, attempt.blocks, attempt.staging
+        assert staging is not None
+        cap = PROBE_MAX_BYTES if attempt.fmt is Format.PROBE else self.settings.max_bytes
         chunk = self.settings.chunk_size
         sha256 = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if intake.content_md5 is not None else None
         block = head + await blocks.read(chunk - len(head))
+        attempt.head = block[:EDGE_BYTES]
         while block:
             if blocks.total > cap:
                 raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
             await asyncio.gather(
                 _in_thread(_update, sha256, md5, block), staging.write(block))
             self.metrics.bytes_received.labels(intake.source).inc(len(block))
+            attempt.tail = (block if len(block) >= EDGE_BYTES
+                            else attempt.tail + block)[-EDGE_BYTES:]
             block = await blocks.read(chunk)
         if intake.content_length is not None and blocks.total != intake.content_length:
             raise bad_request(
@@ -289,44 +370,45 @@ class Ingestor:
         if md5 is not None and md5.digest() != intake.content_md5:
             raise bad_request(
                 "content_md5_mismatch", "the body's MD5 differs from the Content-MD5 header")
-        return sha256.hexdigest()
+        attempt.sha256 = sha256.hexdigest()
 
-    async def _commit(
-        self,
-        intake: Intake,
-        record: Recording,
-        staging: Staging,
-        size: int,
-        sha256: str,
-        fmt: Format,
-        facts: AudioFacts,
-        started: float,
-    ) -> Outcome:
-        key = intake.idempotency_key or intake.content_key(sha256)
+    async def _commit(self, attempt: _Attempt, facts: AudioFacts) -> Outcome:
+        intake, record, staging = attempt.intake, attempt.record, attempt.staging
+        assert staging is not None
+        size, started = attempt.blocks.total, attempt.started
+        key = intake.idempotency_key or intake.content_key(attempt.sha256)
         async with self._locks.hold(key):
             existing = await self.catalog.by_key(key)
             if existing is not None and existing.status in SETTLED:
-                await staging.abort()
+                await attempt.drop()
                 if existing.id != record.id:
                     await self.catalog.delete(record.id)
                 return self._duplicate(intake, existing, started, bytes=size)
             if existing is not None and existing.id != record.id:
                 # An earlier attempt with the same content that never completed.
                 await self.catalog.release_key(existing.id)
+            if attempt.claim is None:  # the key depends on the content: claim it now
+                claimed = await self._claim(intake, key)
+                if isinstance(claimed, Recording):
+                    await attempt.drop()
+                    await self.catalog.delete(record.id)
+                    return self._duplicate(intake, claimed, started, bytes=size)
+                attempt.claim = claimed
 
             duration_ms = facts.duration_ms
             if duration_ms is None:
                 duration_ms = intake.duration_ms
             facts_columns: dict[str, Any] = dict(
-                idempotency_key=key, sha256=sha256, byte_size=size,
-                format=fmt.value, media_type=fmt.media_type, channels=facts.channels,
-                sample_rate=facts.sample_rate, duration_ms=duration_ms,
+                idempotency_key=key, sha256=attempt.sha256, byte_size=size,
+                format=attempt.fmt.value, media_type=attempt.fmt.media_type,
+                channels=facts.channels, sample_rate=facts.sample_rate, duration_ms=duration_ms,
                 stopped_at=(intake.started_at + timedelta(milliseconds=duration_ms)
                             if intake.started_at and duration_ms is not None else None))
 
             minimum = self.settings.min_duration_ms
-            if fmt is not Format.PROBE and duration_ms is not None and duration_ms < minimum:
-                await staging.abort()
+            if (attempt.fmt is not Format.PROBE and duration_ms is not None
+                    and duration_ms < minimum):
+                await attempt.drop()
                 record = await self.catalog.update(
                     record.id, status=Status.DISCARDED,
                     error=f"shorter than ingest.min_duration_ms ({duration_ms} < {minimum} ms)",
@@ -335,18 +417,35 @@ class Ingestor:
                 return Outcome(record, created=False)
 
             # Intent first: a crash after the commit below is recovered from this row.
-            await self.catalog.update(record.id, storage_key=staging.key, **facts_columns)
-            used = await staging.commit()
+            record = await self.catalog.update(
+                record.id, storage_key=staging.key, **facts_columns)
+            try:
+                stored = await staging.commit(record.object_metadata())
+            except AlreadyStored as same:  # another attempt stored these very bytes there
+                assert attempt.claim is not None
+                await attempt.claim.settle(same.key)
+                record = await self.catalog.update(
+                    record.id, status=Status.COMPLETED, storage_key=same.key,
+                    storage_url=self.storage.url(same.key), error=None)
+                return self._duplicate(intake, record, started, bytes=size)
             try:
                 record = await self.catalog.update(
-                    record.id, status=Status.COMPLETED, storage_key=used,
-                    storage_url=self.storage.url(used), error=None)
+                    record.id, status=Status.COMPLETED, storage_key=stored.key,
+                    storage_url=stored.url, error=None,
+                    ship_state="pending" if stored.pending else None,
+                    next_ship_at=utcnow() if stored.pending else None)
             except BaseException:
                 # Not acknowledged, so not kept: the PBX's retry stores it afresh.
-                await asyncio.shield(self.storage.delete(used))
+                await asyncio.shield(self.storage.delete(stored.key))
                 raise
-        self._finish("stored", intake, record, started, bytes=size, sha256=sha256,
-                     storage_key=used)
+            assert attempt.claim is not None
+            if stored.pending:
+                # Spooled: whoever ships first stores it; the shipper claims again then.
+                await attempt.claim.release()
+            else:
+                await attempt.claim.settle(stored.key)
+        self._finish("stored", intake, record, started, bytes=size, sha256=attempt.sha256,
+                     storage_key=stored.key, spooled=stored.pending)
         return Outcome(record, created=True)
 
     def _duplicate(
@@ -368,11 +467,9 @@ class Ingestor:
             format=record.format, duration_ms=record.duration_ms,
             elapsed_ms=round(elapsed * 1000, 1), **fields)
 
-    async def _fail(
-        self, record: Recording, staging: Staging | None, exc: BaseException
-    ) -> None:
-        if staging is not None:
-            await staging.abort()
+    async def _fail(self, attempt: _Attempt, exc: BaseException) -> None:
+        await attempt.drop()
+        record = attempt.record
         if self._running[record.id] > 1:
             return  # another attempt on this record is still running
         reason = exc.error if isinstance(exc, RecsinkError) else type(exc).__name__
@@ -389,13 +486,16 @@ class Ingestor:
         if isinstance(exc, RecsinkError):
             return exc
         if isinstance(exc, StorageError):
-            self.metrics.storage_errors.inc()
-            if exc.full:
-                return RecsinkError(507, "storage_full", str(exc))
-            return unavailable("storage_unavailable", str(exc))
+            return self._storage_error(exc)
         if isinstance(exc, sqlite3.Error):
             return _catalog_error(exc)
         return None
+
+    def _storage_error(self, exc: StorageError) -> RecsinkError:
+        self.metrics.storage_errors.inc()
+        if exc.full:
+            return RecsinkError(507, "storage_full", str(exc))
+        return unavailable("storage_unavailable", str(exc))
 
     async def recover(self) -> tuple[int, int]:
         """Settle records left ``uploading`` by a stopped process (call before serving):
@@ -405,12 +505,13 @@ class Ingestor:
         for record in await self.catalog.interrupted():
             found = None
             if record.storage_key and record.sha256:
-                found = await self.storage.verify(record.storage_key)
-            if found is not None and found == (record.byte_size, record.sha256):
-                assert record.storage_key is not None
+                found = await self.storage.find(record.storage_key)
+            if found is not None and (found.size, found.sha256) == (
+                    record.byte_size, record.sha256):
                 await self.catalog.update(
-                    record.id, status=Status.COMPLETED,
-                    storage_url=self.storage.url(record.storage_key), error=None)
+                    record.id, status=Status.COMPLETED, storage_url=found.stored.url,
+                    error=None, ship_state="pending" if found.stored.pending else None,
+                    next_ship_at=utcnow() if found.stored.pending else None)
                 completed += 1
             else:
                 await self.catalog.update(

@@ -30,6 +30,13 @@ class Metrics:
         self.storage_errors = Counter(
             "recsink_storage_errors", "Storage operations that failed.",
             registry=self.registry)
+        self.s3_abort_failures = Counter(
+            "recsink_s3_abort_failures", "Multipart uploads whose abort failed (retried at "
+            "the next start; the bucket's lifecycle rule is the last resort).",
+            registry=self.registry)
+        self.spool_pending = Gauge(
+            "recsink_spool_pending", "Recordings in the local spool waiting for S3.",
+            registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

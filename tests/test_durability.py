@@ -78,12 +78,15 @@ async def test_commit_links_without_overwriting(tmp_path: Path) -> None:
         staging = await storage.open_staging("acct/2024/rec.mp3")
         await staging.write(body)
         await staging.finish()
-        keys.append(await staging.commit())
+        keys.append((await staging.commit({})).key)
     assert keys == ["acct/2024/rec.mp3", "acct/2024/rec~2.mp3", "acct/2024/rec~3.mp3"]
     assert [storage.path(k).read_bytes() for k in keys] == [b"first", b"second", b"third"]
     assert list(storage.staging_dir.iterdir()) == []
-    assert await storage.verify(keys[0]) == (5, hashlib.sha256(b"first").hexdigest())
-    assert await storage.verify("acct/none.mp3") is None
+    found = await storage.find(keys[0])
+    assert found is not None
+    assert (found.size, found.sha256) == (5, hashlib.sha256(b"first").hexdigest())
+    assert found.stored.url == storage.path(keys[0]).as_uri()
+    assert await storage.find("acct/none.mp3") is None
 
 
 async def test_aborted_staging_leaves_nothing(tmp_path: Path) -> None:

@@ -12,14 +12,19 @@ Ingest writes a recording in three steps, and a backend guarantees what each mea
    overwrites**: if the key is taken, the object gets the next free variant of it and the
    key actually used is returned. :meth:`Staging.abort` throws the staged bytes away.
 
+Backends shared by several recsink instances (S3) also arbitrate who stores a recording:
+:meth:`Storage.claim` before streaming (or before committing, when the idempotency key
+depends on the content).
+
 Keys are relative, ``/``-separated, already sanitized names (:mod:`recsink.storage.keys`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StorageError(Exception):
@@ -30,10 +35,77 @@ class StorageError(Exception):
         self.full = full
 
 
+class ClaimBusy(StorageError):
+    """Another instance is storing this recording right now; try again in
+    ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AlreadyStored(Exception):
+    """The commit found the same recording already stored at ``key``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where a committed object is: its key, its URL, and ``pending`` when it sits in a
+    local spool waiting to be shipped to its final storage."""
+
+    key: str
+    url: str
+    pending: bool = False
+
+
+@dataclass(frozen=True)
+class Found:
+    """An object found in storage: where it is, its size in bytes and its sha256 (hex;
+    "" when the backend does not know it)."""
+
+    stored: Stored
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A recording another instance already stored under an idempotency key: its key and
+    object metadata (``x-amz-meta-*``, decoded, plus ``bytes``)."""
+
+    key: str
+    meta: dict[str, str]
+
+
+class Claim(Protocol):
+    """The right, across every instance sharing the storage, to store one recording."""
+
+    async def settle(self, key: str) -> None:
+        """The recording is stored at ``key``; later claimants will find it there."""
+
+    async def release(self) -> None:
+        """Give the claim up (the upload failed or was a duplicate). Never raises."""
+
+
+class NoClaim:
+    """The claim of a storage that no other instance shares (or that cannot be reached
+    now, in which case dedupe happens when the spool is shipped)."""
+
+    async def settle(self, key: str) -> None:
+        return None
+
+    async def release(self) -> None:
+        return None
+
+
 class Staging(Protocol):
     """One recording on its way into storage."""
 
-    #: The key the object is meant to have.
+    #: The key the object is meant to have (a free one when the staging opened).
     key: str
 
     async def write(self, block: bytes) -> None:
@@ -43,9 +115,11 @@ class Staging(Protocol):
         """Make the staged bytes durable. Returns a local file holding them (for reading
         audio headers) or None. Raises :class:`StorageError`."""
 
-    async def commit(self) -> str:
+    async def commit(self, meta: Mapping[str, Any]) -> Stored:
         """Make the object visible at :attr:`key` or, if that is taken, at the next free
-        variant of it; return the key used. Raises :class:`StorageError`."""
+        variant of it, with ``meta`` as its metadata where the backend keeps any. Raises
+        :class:`AlreadyStored` when the same content is already there,
+        :class:`StorageError` otherwise."""
 
     async def abort(self) -> None:
         """Discard the staged bytes. Never raises; safe to call more than once and after
@@ -59,8 +133,14 @@ class Storage(Protocol):
         """Prepare for use and sweep staging leftovers of earlier runs; return how many were
         removed. Raises :class:`StorageError`."""
 
-    async def open_staging(self, key: str) -> Staging:
-        """Begin a new staged object meant for ``key``. Raises :class:`StorageError`."""
+    async def open_staging(self, key: str, meta: Mapping[str, Any]) -> Staging:
+        """Begin a new staged object meant for ``key``, with the metadata known so far.
+        Raises :class:`StorageError`."""
+
+    async def claim(self, idempotency_key: str) -> Claim | Existing:
+        """Claim the recording with ``idempotency_key`` across instances: a :class:`Claim`
+        to settle or release, or the :class:`Existing` object when another instance stored
+        it already. Raises :class:`ClaimBusy` while another instance is storing it."""
 
     def url(self, key: str) -> str:
         """Where the object at ``key`` lives, as a URL (``file:///…``, ``s3://…``)."""
@@ -75,8 +155,8 @@ class Storage(Protocol):
         """Remove the object at ``key`` (a commit that could not be recorded). Never raises;
         a missing object is fine."""
 
-    async def verify(self, key: str) -> tuple[int, str] | None:
-        """``(byte_size, sha256 hex)`` of the object at ``key``, or None if it is missing."""
+    async def find(self, key: str) -> Found | None:
+        """The object at ``key`` (size and sha256), or None if it is missing."""
 
     async def check_writable(self) -> None:
         """Raise :class:`StorageError` unless a recording could be stored now."""

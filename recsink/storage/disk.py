@@ -20,7 +20,7 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from recsink.storage import StorageError
+from recsink.storage import Found, NoClaim, StorageError, Stored
 from recsink.storage.keys import variant
 
 STAGING_DIR = ".staging"
@@ -84,14 +84,15 @@ class DiskStaging:
             await fh.close()
         return self._path
 
-    async def commit(self) -> str:
+    async def commit(self, meta: Mapping[str, Any] | None = None) -> Stored:
+        """Link the staged file into place; ``meta`` is not kept (the catalog has it)."""
         assert self._fh is None, "commit before finish"
         try:
             used = await _run(self._storage.place, self._path, self.key)
         except OSError as exc:
             raise _storage_error(exc, "committing") from exc
         self._committed = True
-        return used
+        return Stored(used, self._storage.url(used))
 
     async def abort(self) -> None:
         if self._fh is not None:
@@ -132,7 +133,13 @@ class DiskStorage:
             _fsync_dir(self.staging_dir)
         return swept
 
-    async def open_staging(self, key: str) -> DiskStaging:
+    async def claim(self, idempotency_key: str) -> NoClaim:
+        """A disk root belongs to one instance; its catalog dedupes alone."""
+        return NoClaim()
+
+    async def open_staging(
+        self, key: str, meta: Mapping[str, Any] | None = None
+    ) -> DiskStaging:
         self.path(key)  # refuse a key outside the root before any byte is written
         path = self.staging_dir / f"{secrets.token_hex(16)}.part"
         try:
@@ -208,9 +215,10 @@ class DiskStorage:
         if self.fsync:
             _fsync_dir(path.parent)
 
-    async def verify(self, key: str) -> tuple[int, str] | None:
+    async def find(self, key: str) -> Found | None:
         try:
-            return await _run(_size_and_sha256, self.path(key))
+            size, sha256 = await _run(_size_and_sha256, self.path(key))
+            return Found(Stored(key, self.url(key)), size, sha256)
         except FileNotFoundError:
             return None
         except OSError as exc:

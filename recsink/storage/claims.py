@@ -1,0 +1,209 @@
+"""Claims: which recsink instance stores a recording, decided in the shared bucket itself.
+
+Several instances behind one load balancer share a bucket but not a catalog, so the bucket
+arbitrates. Before an instance stores a recording it writes a small claim object,
+``<prefix>/.recsink/claims/<sha256 of the idempotency key>.json``, with ``If-None-Match: *``:
+exactly one writer succeeds (S3 answers the others 412, or 409 ConditionalRequestConflict).
+
+* The winner streams the recording, refreshing the claim every ``claim_refresh`` seconds
+  (a conditional re-write on the claim's ETag), and when the object is complete records its
+  key in the claim (``settle``) or deletes the claim if the upload failed (``release``).
+* A loser reads the claim. If it names a stored object that exists, the recording is a
+  duplicate and the loser answers 200 with it. If the claim was not refreshed for
+  ``claim_ttl`` seconds its instance died; the loser takes it over with a conditional
+  re-write (one taker wins). Otherwise the loser waits, up to ``claim_wait`` seconds, for
+  the object to appear or the claim to go; then it answers 503 with Retry-After. It never
+  answers 200 for a recording that is not stored yet: if that upload then failed, the PBX
+  would not retry and the recording would be lost.
+
+Claims are tiny, which matters on moto, whose conditional writes race for large bodies
+(specs/s3.md §1). Google Cloud Storage gets generation preconditions instead of ETags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from recsink import logs
+from recsink.storage import ClaimBusy, Existing
+from recsink.storage.s3client import (
+    INTERNAL_PREFIX,
+    S3_ERRORS,
+    as_storage_error,
+    gcs_precondition,
+    is_conflict,
+    is_missing,
+)
+
+if TYPE_CHECKING:
+    from recsink.storage.s3 import S3Storage
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A claim as read back: its version token, state, object key and age (seconds)."""
+
+    token: str
+    state: str
+    key: str | None
+    age: float
+
+
+class S3Claim:
+    """A claim this instance holds; see the module docstring."""
+
+    def __init__(self, claims: Claims, object_key: str, token: str, idempotency_key: str) -> None:
+        self._claims = claims
+        self._object_key = object_key
+        self._token = token
+        self._idempotency_key = idempotency_key
+        self.lost = False
+        self._heartbeat = asyncio.create_task(self._refresh_forever())
+
+    def _body(self, state: str, key: str | None = None) -> bytes:
+        return self._claims.body(self._idempotency_key, state, key)
+
+    async def _refresh_forever(self) -> None:
+        log = logs.get_logger()
+        while True:
+            await asyncio.sleep(self._claims.settings.claim_refresh)
+            try:
+                self._token = await self._claims.put(
+                    self._object_key, self._body("uploading"), if_match=self._token)
+            except S3_ERRORS as exc:
+                if is_conflict(exc):
+                    self.lost = True
+                    log.warning("claim.lost", idempotency_key=self._idempotency_key)
+                    return
+                log.warning("claim.refresh_failed", error=str(exc))
+
+    async def _stop(self) -> None:
+        self._heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._heartbeat
+
+    async def settle(self, key: str) -> None:
+        await self._stop()
+        try:
+            await self._claims.put(self._object_key, self._body("stored", key),
+                                   if_match=None if self.lost else self._token)
+        except S3_ERRORS as exc:
+            # The object is stored; a later claimant that finds a stale claim checks the
+            # object's key from its own attempt before taking over.
+            logs.get_logger().warning("claim.settle_failed", key=key, error=str(exc))
+
+    async def release(self) -> None:
+        await self._stop()
+        if self.lost:
+            return
+        with contextlib.suppress(*S3_ERRORS):
+            await self._claims.storage.client.delete_object(
+                Bucket=self._claims.storage.destination.bucket, Key=self._object_key)
+
+
+class Claims:
+    """Claim objects in ``storage``'s bucket, written by instance ``instance``."""
+
+    def __init__(self, storage: S3Storage, instance: str) -> None:
+        self.storage = storage
+        self.settings = storage.settings
+        self.instance = instance
+
+    def object_key(self, idempotency_key: str) -> str:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return self.storage.destination.object_key(f"{INTERNAL_PREFIX}/claims/{digest}.json")
+
+    def body(self, idempotency_key: str, state: str, key: str | None) -> bytes:
+        return json.dumps({"idempotency_key": idempotency_key, "state": state, "key": key,
+                           "instance": self.instance}).encode()
+
+    async def claim(self, idempotency_key: str) -> S3Claim | Existing:
+        """Claim ``idempotency_key``; see the module docstring. Raises
+        :class:`~recsink.storage.ClaimBusy`, and :class:`~recsink.storage.s3.Unreachable`
+        when S3 does not answer."""
+        object_key = self.object_key(idempotency_key)
+        body = self.body(idempotency_key, "uploading", None)
+        deadline = time.monotonic() + self.settings.claim_wait
+        delay = 0.2
+        while True:
+            try:
+                token = await self.put(object_key, body, if_none_match=True)
+                return S3Claim(self, object_key, token, idempotency_key)
+            except S3_ERRORS as exc:
+                if not is_conflict(exc):
+                    raise as_storage_error(exc, "claim") from exc
+            seen = await self._read(object_key)
+            if seen is None:
+                continue  # released meanwhile: try again at once
+            if seen.key is not None and (meta := await self.storage.head(seen.key)) is not None:
+                return Existing(seen.key, meta)
+            if seen.state == "stored" or seen.age > self.settings.claim_ttl:
+                # Abandoned (its instance stopped refreshing) or naming a vanished object.
+                try:
+                    token = await self.put(object_key, body, if_match=seen.token)
+                    logs.get_logger().info("claim.taken_over", idempotency_key=idempotency_key,
+                                           age_s=round(seen.age, 1))
+                    return S3Claim(self, object_key, token, idempotency_key)
+                except S3_ERRORS as exc:
+                    if not is_conflict(exc):
+                        raise as_storage_error(exc, "claim") from exc
+                    continue
+            if time.monotonic() >= deadline:
+                raise ClaimBusy("another recsink instance is storing this recording",
+                                retry_after=max(5, round(self.settings.claim_refresh)))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def put(
+        self, object_key: str, body: bytes, *, if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> str:
+        """Write a claim conditionally; return its version token (ETag, or the generation
+        on Google Cloud Storage)."""
+        storage = self.storage
+        gcs = storage.destination.scheme == "gs"
+        kwargs: dict[str, Any] = {}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None and not gcs:
+            kwargs["IfMatch"] = if_match
+        reset = gcs_precondition.set(if_match if gcs else None)
+        try:
+            response = await storage.client.put_object(
+                Bucket=storage.destination.bucket, Key=object_key, Body=body,
+                ContentType="application/json", **kwargs)
+        finally:
+            gcs_precondition.reset(reset)
+        headers = response["ResponseMetadata"].get("HTTPHeaders", {})
+        return str(headers.get("x-goog-generation")) if gcs else response["ETag"]
+
+    async def _read(self, object_key: str) -> _Seen | None:
+        storage = self.storage
+        try:
+            response = await storage.client.get_object(
+                Bucket=storage.destination.bucket, Key=object_key)
+            async with response["Body"] as stream:
+                raw = await stream.read()
+        except S3_ERRORS as exc:
+            if is_missing(exc):
+                return None
+            raise as_storage_error(exc, "reading a claim") from exc
+        headers = response["ResponseMetadata"].get("HTTPHeaders", {})
+        now = (parsedate_to_datetime(headers["date"]) if "date" in headers
+               else datetime.now(UTC))
+        age = (now - response["LastModified"]).total_seconds()
+        token = (str(headers.get("x-goog-generation")) if storage.destination.scheme == "gs"
+                 else response["ETag"])
+        try:
+            claim = json.loads(raw)
+        except ValueError:
+            claim = {}
+        return _Seen(token, str(claim.get("state", "")), claim.get("key"), age)
