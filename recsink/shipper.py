@@ -27,10 +27,11 @@ from recsink.storage.s3 import S3Storage
 
 #: Spooled recordings shipped at once.
 BATCH = 4
-#: Seconds between looks at the catalog when nothing is due; also how often failed
-#: multipart aborts are retried (at most every SWEEP_INTERVAL).
+#: Seconds between looks at the catalog when nothing is due.
 IDLE = 1.0
-SWEEP_INTERVAL = 60.0
+#: Seconds between retries of multipart aborts and claim releases that failed (S3 was
+#: unreachable).
+SWEEP_INTERVAL = 5.0
 
 
 class Shipper:
@@ -52,7 +53,10 @@ class Shipper:
                 await self.ship(record)
             if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:
                 self._last_sweep = time.monotonic()
-                await self.storage.sweep_multipart()
+                if await asyncio.to_thread(self.storage.leftovers) > 0:
+                    await self.storage.sweep_multipart()
+                if self.storage.claims.unreleased:
+                    await self.storage.claims.retry_releases()
             if not due:
                 await asyncio.sleep(IDLE)
 

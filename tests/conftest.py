@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestClient
 
 from recsink.app import create_app
 from recsink.config import Settings
+from tests.s3_fixtures import bucket, moto, s3, s3_proxy  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

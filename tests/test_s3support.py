@@ -24,7 +24,6 @@ from tests.s3support import (
 )
 
 # The fixtures (moto, s3, bucket, s3_proxy); redundant once tests/conftest.py imports them.
-pytest_plugins = ["tests.s3_fixtures"]
 
 MiB = 1 << 20
 

@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 from recsink import logs
-from recsink.storage import ClaimBusy, Existing
+from recsink.storage import ClaimBusy, Existing, StorageError
 from recsink.storage.s3client import (
     INTERNAL_PREFIX,
     S3_ERRORS,
@@ -102,11 +102,8 @@ class S3Claim:
 
     async def release(self) -> None:
         await self._stop()
-        if self.lost:
-            return
-        with contextlib.suppress(*S3_ERRORS):
-            await self._claims.storage.client.delete_object(
-                Bucket=self._claims.storage.destination.bucket, Key=self._object_key)
+        if not self.lost:
+            await self._claims.delete(self._object_key, self._token)
 
 
 class Claims:
@@ -116,6 +113,30 @@ class Claims:
         self.storage = storage
         self.settings = storage.settings
         self.instance = instance
+        #: Claims whose release failed (S3 unreachable): object key -> our version token.
+        self.unreleased: dict[str, str] = {}
+
+    async def delete(self, object_key: str, token: str) -> None:
+        """Delete a claim this instance holds; when S3 does not answer, remember it for
+        :meth:`retry_releases` instead of leaving the recording blocked for ``claim_ttl``."""
+        try:
+            await self.storage.client.delete_object(
+                Bucket=self.storage.destination.bucket, Key=object_key)
+            self.unreleased.pop(object_key, None)
+        except S3_ERRORS:
+            self.unreleased[object_key] = token
+
+    async def retry_releases(self) -> None:
+        """Delete the claims whose release failed, unless someone re-wrote them since."""
+        for object_key, token in list(self.unreleased.items()):
+            try:
+                seen = await self._read(object_key)
+            except StorageError:
+                return  # still unreachable
+            if seen is None or seen.token != token:
+                self.unreleased.pop(object_key, None)  # gone, or taken over meanwhile
+                continue
+            await self.delete(object_key, token)
 
     def object_key(self, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()

@@ -191,6 +191,7 @@ class S3Staging:
             await self._divert_to_spool()
             return False
         self._upload_id = response["UploadId"]
+        storage.open_uploads.add(self._upload_id)
         await asyncio.to_thread(storage.journal.add, self._upload_id, self._object_key)
         return True
 
@@ -263,6 +264,7 @@ class S3Staging:
                     MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
                                                for n in sorted(self._etags)]})
                 upload_id, self._upload_id = self._upload_id, None
+                storage.open_uploads.discard(upload_id)
                 await asyncio.to_thread(storage.journal.remove, upload_id)
                 if size <= MAX_COPY_BYTES:
                     await storage.replace_metadata(self._object_key, full_meta)
@@ -304,6 +306,7 @@ class S3Staging:
         self._release_buffer()
         if self._upload_id is not None and not self._done:
             upload_id, self._upload_id = self._upload_id, None
+            self._storage.open_uploads.discard(upload_id)
             await asyncio.shield(self._storage.abort_upload(upload_id, self._object_key))
 
 
@@ -320,6 +323,8 @@ class S3Storage:
         self.spool = DiskStorage(settings.spool_dir / "recordings", fsync=True)
         self.journal = MultipartJournal(settings.spool_dir / "multipart")
         self.claims = Claims(self, instance_id())
+        #: Multipart uploads open in this process, which the journal sweep must not touch.
+        self.open_uploads: set[str] = set()
         self._unreachable_until = 0.0
         self._log = logs.get_logger()
 
@@ -360,11 +365,19 @@ class S3Storage:
         return swept
 
     async def sweep_multipart(self) -> int:
-        """Abort multipart uploads this instance left open (crash, failed abort)."""
-        entries = await asyncio.to_thread(self.journal.entries)
+        """Abort the multipart uploads this instance left behind (a crash, a failed abort),
+        never one it is still sending. Returns how many it tried."""
+        entries = [(upload_id, key) for upload_id, key in
+                   await asyncio.to_thread(self.journal.entries)
+                   if upload_id not in self.open_uploads]
         for upload_id, object_key in entries:
             await self.abort_upload(upload_id, object_key)
         return len(entries)
+
+    def leftovers(self) -> int:
+        """Journal entries that are not uploads open in this process (blocking)."""
+        return sum(upload_id not in self.open_uploads
+                   for upload_id, _ in self.journal.entries())
 
     async def abort_upload(self, upload_id: str, object_key: str) -> None:
         """Abort a multipart upload; a failure is logged and counted, and the journal keeps

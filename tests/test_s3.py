@@ -1,0 +1,402 @@
+"""S3 storage end to end: real ``recsink serve`` processes, a real moto S3 server over HTTP
+(and a TCP proxy in front of it to take S3 away), real recordings."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import tomli_w
+
+from recsink.storage.s3client import Destination
+from tests.conftest import (
+    CORPUS,
+    FIXTURES,
+    TESTBODY,
+    RunningServer,
+    exchange,
+    make_wav,
+    merge,
+)
+from tests.s3support import (
+    MotoServer,
+    S3Client,
+    TcpProxy,
+    all_objects,
+    head_metadata,
+    list_multipart_uploads,
+    object_sha256,
+)
+from tests.test_e2e_robustness import RssSampler, api_get, read_status, wait_for
+
+MiB = 1024 * 1024
+ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
+
+def s3_config(bucket: str, endpoint: str, workdir_name: str = "", **s3: Any) -> dict[str, Any]:
+    """recsink settings for the S3 backend on ``endpoint``, fast to give up in tests."""
+    settings = {"url": f"s3://{bucket}/calls", "endpoint_url": endpoint,
+                "credentials": "testing:testing:us-east-1", "max_attempts": 2,
+                "connect_timeout": 1.0, "read_timeout": 10.0, "unreachable_hold": 1.0,
+                "ship_backoff_max": 1.0, **s3}
+    return {"storage": {"backend": "s3", "s3": settings}}
+
+
+@pytest.fixture
+def s3_server(
+    start_server: Callable[..., RunningServer], bucket: str, moto: MotoServer, tmp_path: Path,
+) -> Callable[..., RunningServer]:
+    """``s3_server(name="server", endpoint=None, **s3_settings)``: a recsink process storing
+    to the test's bucket (spool in its own working directory)."""
+
+    def start(name: str = "server", endpoint: str | None = None, **s3: Any) -> RunningServer:
+        spool = str(tmp_path / name / "spool")
+        config = s3_config(bucket, endpoint or moto.url, spool_dir=spool, **s3)
+        return start_server(name, **config)
+
+    return start
+
+
+def recordings(s3: S3Client, bucket: str) -> dict[str, int]:
+    """Recording objects in the bucket (recsink's own claim objects left out)."""
+    return {k: v for k, v in all_objects(s3, bucket).items() if "/.recsink/" not in k}
+
+
+def put_request(target: str, size: int, content_type: str = "audio/wav") -> bytes:
+    return (f"PUT {target} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
+            f"content-length: {size}\r\n\r\n").encode()
+
+
+def path_a(call_id: str, recording_id: str | None = None, ext: str = "wav") -> str:
+    query = f"call_id={call_id}&account_id={ACCOUNT}&start=63877471200"
+    if recording_id:
+        query += f"&recording_id={recording_id}"
+    return f"/kazoo/call_recording_{call_id}.{ext}?{query}"
+
+
+def wav_stream(size: int, seed: int = 0) -> Iterator[bytes]:
+    """A ``size``-byte RIFF/WAVE body (8 kHz mono 16-bit), generated 1 MiB at a time."""
+    header = (b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+              + b"data" + struct.pack("<I", size - 44))
+    pattern = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
+    sent = 0
+    first = header + pattern[: MiB - len(header)]
+    while sent < size:
+        block = first if sent == 0 else pattern
+        block = block[: size - sent]
+        sent += len(block)
+        yield block
+
+
+def test_corpus_and_fixtures_round_trip_through_s3(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, tmp_path: Path,
+) -> None:
+    """Every corpus recording (or the committed fixtures) uploaded as Kazoo does lands in
+    the bucket byte-identical with its metadata, and GET returns it from S3."""
+    server = s3_server()
+    if (CORPUS / "MANIFEST.tsv").exists():
+        with (CORPUS / "MANIFEST.tsv").open() as fh:
+            cases = [(CORPUS / row["path"], row["sha256"]) for row in
+                     csv.DictReader(fh, delimiter="\t")]
+    else:
+        cases = [(p, hashlib.sha256(p.read_bytes()).hexdigest())
+                 for p in sorted(FIXTURES.glob("*.mp3"))]
+    for n, (path, sha256) in enumerate(cases):
+        body = path.read_bytes()
+        target = path_a(f"corpus-{n}", f"202611-{n:032x}", path.suffix[1:])
+        reply = exchange(server.port, put_request(target, len(body)) + body)
+        assert reply.status == 201, (path, reply.body)
+        record = reply.json()
+        key = record["storage_url"].removeprefix(f"s3://{bucket}/")
+        assert object_sha256(s3, bucket, key) == sha256, path
+        meta = head_metadata(s3, bucket, key)
+        assert (meta["call-id"], meta["recording-id"], meta["sha256"]) == (
+            f"corpus-{n}", f"202611-{n:032x}", sha256)
+        assert meta["duration-ms"] == str(record["duration_ms"])
+        got = exchange(server.port, f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+        assert got.body == body, path
+    assert len(recordings(s3, bucket)) == len(cases)
+    assert list_multipart_uploads(s3, bucket) == []
+
+
+def test_300_mib_recording_streams_in_bounded_memory(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """A generated 300 MiB recording goes up as a multipart upload, byte-identical, with
+    sha256 and duration in its metadata, while recsink's memory stays bounded."""
+    server = s3_server()
+    size = 300 * MiB
+    digest = hashlib.sha256()
+    baseline = server.rss_kib()
+    with RssSampler(server) as rss, socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(put_request(path_a("big", "202611-" + "b" * 32), size))
+        for block in wav_stream(size):
+            digest.update(block)
+            sock.sendall(block)
+        sock.settimeout(120)
+        assert read_status(sock) == 201
+    [(key, stored_size)] = recordings(s3, bucket).items()
+    assert stored_size == size
+    assert object_sha256(s3, bucket, key) == digest.hexdigest()
+    meta = head_metadata(s3, bucket, key)
+    assert meta["sha256"] == digest.hexdigest()
+    assert meta["duration-ms"] == str((size - 44) * 1000 // 16000)
+    assert list_multipart_uploads(s3, bucket) == []
+    # part pool (64 MiB) plus request buffers and botocore's copies, far from 300 MiB
+    assert rss.peak_kib - baseline < 120 * 1024, (baseline, rss.peak_kib)
+
+
+def test_disconnect_halfway_leaves_no_object_and_no_upload(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """A client that disconnects halfway through a multipart upload leaves no object, no
+    incomplete multipart upload (ListMultipartUploads) and no claim."""
+    server = s3_server(part_size=5 * MiB)
+    size = 60 * MiB
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(put_request(path_a("gone", "202611-" + "e" * 32), size))
+        sent = 0
+        for block in wav_stream(size):
+            sock.sendall(block)
+            sent += len(block)
+            if sent >= size // 2:
+                break
+        wait_for(lambda: list_multipart_uploads(s3, bucket))  # parts are going up
+    failed = wait_for(lambda: server.events("upload.failed"))
+    assert failed[0]["error"] == "client_disconnected"
+    wait_for(lambda: not list_multipart_uploads(s3, bucket))
+    assert all_objects(s3, bucket) == {}
+
+
+async def test_two_instances_racing_store_one_object(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """Two recsink processes sharing a bucket, 20 concurrent uploads of one recording split
+    between them (with and without a recording id): one object each time, one 201, and
+    every attempt ends 2xx once 503s are retried as Kazoo does."""
+    servers = [s3_server("a"), s3_server("b")]
+    wav = make_wav(3.0)
+
+    async def upload(session: aiohttp.ClientSession, server: RunningServer, target: str) -> int:
+        for _ in range(10):
+            async with session.put(server.base + target, data=wav,
+                                   headers={"content-type": "audio/wav"}) as reply:
+                if reply.status != 503:
+                    return reply.status
+                assert reply.headers["Retry-After"]
+            await asyncio.sleep(0.5)
+        return 503
+
+    for target in (path_a("race", "202611-" + "f" * 32), "/kazoo/race-by-content.wav"):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            statuses = await asyncio.gather(
+                *[upload(session, servers[n % 2], target) for n in range(20)])
+        assert sorted(statuses) == [200] * 19 + [201], statuses
+    objects = recordings(s3, bucket)
+    assert len(objects) == 2, objects
+    assert all(object_sha256(s3, bucket, k) == hashlib.sha256(wav).hexdigest() for k in objects)
+    # Each instance's catalog knows the recording, whoever stored it.
+    for server in servers:
+        [record] = api_get(server, "/v1/recordings?call_id=race")["recordings"]
+        assert record["status"] == "completed"
+
+
+def test_claim_held_elsewhere_answers_503_then_200(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """While another instance is still receiving a recording, a second copy waits
+    ``claim_wait`` and answers 503 with Retry-After (never a premature 200); once stored,
+    the copy answers 200 with the stored record."""
+    first, second = s3_server("a"), s3_server("b", claim_wait=0.5)
+    body = make_wav(5.0)
+    target = path_a("slow", "202611-" + "5" * 32)
+    with socket.create_connection(("127.0.0.1", first.port)) as slow:
+        slow.sendall(put_request(target, len(body)) + body[:1000])
+        wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
+        busy = exchange(second.port, put_request(target, len(body)) + body)
+        assert busy.status == 503
+        assert busy.headers["retry-after"]
+        assert busy.json()["error"] == "claimed_elsewhere"
+        slow.sendall(body[1000:])
+        slow.settimeout(30)
+        assert read_status(slow) == 201
+    again = exchange(second.port, put_request(target, len(body)) + body)
+    assert again.status == 200
+    assert len(recordings(s3, bucket)) == 1
+
+
+def test_abandoned_claim_is_taken_over(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """A claim left by a crashed instance (no longer refreshed) stops blocking its recording
+    after ``claim_ttl`` seconds: the next upload takes it over and stores the recording."""
+    server = s3_server(claim_ttl=2.0, claim_refresh=1.0, claim_wait=10.0)
+    key = "kazoo:rid:202611-" + "c" * 32
+    claim_key = f"calls/.recsink/claims/{hashlib.sha256(key.encode()).hexdigest()}.json"
+    s3.put_object(Bucket=bucket, Key=claim_key, Body=json.dumps(
+        {"idempotency_key": key, "state": "uploading", "key": None,
+         "instance": "crashed"}).encode())
+    body = make_wav(1.0)
+    started = time.monotonic()
+    reply = exchange(server.port, put_request(path_a("orphan", "202611-" + "c" * 32),
+                                              len(body)) + body)
+    assert reply.status == 201
+    assert time.monotonic() - started >= 1.0
+    assert server.events("claim.taken_over")
+    claim = json.loads(s3.get_object(Bucket=bucket, Key=claim_key)["Body"].read())
+    assert claim["state"] == "stored"
+    assert claim["key"].endswith(".wav")
+
+
+def test_s3_down_then_back_nothing_acknowledged_is_lost(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+) -> None:
+    """With S3 unreachable, uploads are spooled (fsynced) and acknowledged; the spool
+    survives a restart; when S3 answers again the shipper moves every acknowledged
+    recording into the bucket byte-identical and empties the spool."""
+    server = s3_server("node", endpoint=s3_proxy.url)
+    bodies = {f"rec{n}": make_wav(0.5 + n / 10, freq=300 + 50 * n) for n in range(6)}
+
+    def send(server: RunningServer, name: str) -> dict[str, Any]:
+        body = bodies[name]
+        reply = exchange(server.port, put_request(path_a(name, f"202611-{name}"), len(body))
+                         + body)
+        assert reply.status == 201, reply.body
+        record: dict[str, Any] = reply.json()
+        return record
+
+    assert send(server, "rec0")["storage_url"].startswith("s3://")
+    s3_proxy.down()
+    spooled = [send(server, name) for name in ("rec1", "rec2", "rec3")]
+    for record in spooled:
+        assert record["storage_url"].startswith("file://")
+        assert record["shipping"]["state"] == "pending"
+    assert server.events("s3.unreachable")
+
+    server.stop()  # the spool survives a restart
+    server = s3_server("node", endpoint=s3_proxy.url)
+    assert send(server, "rec4")["shipping"]["state"] == "pending"
+    s3_proxy.up()
+    send(server, "rec5")
+
+    def shipped() -> bool:
+        found = [api_get(server, f"/v1/recordings?call_id={name}")["recordings"]
+                 for name in bodies]
+        return all(r and r[0]["storage_url"].startswith("s3://") for r in found)
+
+    wait_for(shipped, timeout=30)
+    objects = recordings(s3, bucket)
+    assert len(objects) == len(bodies)
+    stored = {object_sha256(s3, bucket, k) for k in objects}
+    assert stored == {hashlib.sha256(b).hexdigest() for b in bodies.values()}
+    spool = server.workdir / "spool" / "recordings"
+    assert [p for p in spool.rglob("*") if p.is_file()] == []
+    for name in ("rec1", "rec4"):
+        [record] = api_get(server, f"/v1/recordings?call_id={name}")["recordings"]
+        assert record["shipping"]["state"] == "shipped"
+
+
+def test_mid_stream_failure_answers_503_and_leaves_nothing(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+) -> None:
+    """When S3 goes away after parts of a direct upload were sent, the upload answers 503
+    with Retry-After, the record is failed, nothing is visible, and the multipart upload is
+    aborted once S3 is back."""
+    server = s3_server(endpoint=s3_proxy.url, part_size=5 * MiB)
+    size = 80 * MiB
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(put_request(path_a("cut", "202611-" + "d" * 32), size))
+        blocks = wav_stream(size)
+        for _ in range(20):
+            sock.sendall(next(blocks))
+        wait_for(lambda: list_multipart_uploads(s3, bucket))
+        s3_proxy.down()
+        sock.settimeout(60)
+        try:
+            for block in blocks:
+                sock.sendall(block)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status = read_status(sock)
+    assert status == 503
+    [failed] = server.events("upload.failed")
+    assert failed["error"] == "storage_unavailable"
+    s3_proxy.up()
+    wait_for(lambda: not list_multipart_uploads(s3, bucket), timeout=30)
+    wait_for(lambda: not all_objects(s3, bucket), timeout=30)  # the claim is released too
+    [record] = api_get(server, "/v1/recordings?call_id=cut")["recordings"]
+    assert record["status"] == "failed"
+
+
+def test_reindex_rebuilds_a_catalog_from_the_bucket(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, moto: MotoServer,
+    tmp_path: Path,
+) -> None:
+    """``recsink reindex`` on an empty catalog adds every stored recording from its object
+    metadata; a second run changes nothing; the instance then serves them."""
+    first = s3_server("a")
+    for n, (body, ext) in enumerate(((TESTBODY, "mp3"), (make_wav(1.0), "wav"))):
+        reply = exchange(first.port, put_request(path_a(f"re{n}", f"202611-re{n}", ext),
+                                                 len(body)) + body)
+        assert reply.status == 201
+    workdir = tmp_path / "b"  # what s3_server("b") will use: its catalog and spool
+    workdir.mkdir()
+    config = merge({"catalog": {"path": str(workdir / "recsink.db")}},
+                   s3_config(bucket, moto.url, spool_dir=str(workdir / "spool")))
+    (workdir / "reindex.toml").write_text(tomli_w.dumps(config))
+    command = [sys.executable, "-m", "recsink", "reindex", "--config", "reindex.toml"]
+    runs = [json.loads(subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                                      check=True, timeout=60).stdout) for _ in range(2)]
+    assert runs[0] == {"seen": 2, "added": 2, "completed": 0, "unchanged": 0}
+    assert runs[1] == {"seen": 2, "added": 0, "completed": 0, "unchanged": 2}
+
+    second = s3_server("b")
+    [record] = api_get(second, "/v1/recordings?call_id=re1")["recordings"]
+    assert (record["status"], record["format"], record["duration_ms"]) == (
+        "completed", "wav", 1000)
+    got = exchange(second.port,
+                   f"GET {path_a('re1', '202611-re1')} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    assert got.body == make_wav(1.0)
+    again = exchange(second.port, put_request(path_a("re1", "202611-re1"), 16044)
+                     + make_wav(1.0))
+    assert again.status == 200
+
+
+def test_destination_and_gcs_preconditions(moto: MotoServer, bucket: str) -> None:
+    """s3:// and gs:// destinations split into bucket and prefix; on gs:// the client sends
+    Google's generation preconditions instead of S3's If-None-Match."""
+    assert Destination.parse("s3://bucket/a/b/") == Destination("s3", "bucket", "a/b")
+    assert Destination.parse("gs://bucket").object_key("x.wav") == "x.wav"
+    assert Destination.parse("s3://b/p").url("k.mp3") == "s3://b/p/k.mp3"
+
+    from recsink.config import S3Settings
+    from recsink.storage.s3client import open_client
+
+    seen: list[dict[str, str]] = []
+
+    async def put() -> None:
+        settings = S3Settings(url=f"gs://{bucket}/calls", endpoint_url=moto.url,
+                              credentials="testing:testing:auto")
+        async with open_client(settings) as client:
+            client.meta.events.register(
+                "before-send.s3", lambda request, **_: seen.append(dict(request.headers)))
+            await client.put_object(Bucket=bucket, Key="calls/x", Body=b"x", IfNoneMatch="*")
+
+    asyncio.run(put())
+    headers = {k.lower(): v.decode() if isinstance(v, bytes) else v
+               for k, v in seen[-1].items()}
+    assert headers["x-goog-if-generation-match"] == "0"
+    assert "if-none-match" not in headers
