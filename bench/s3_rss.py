@@ -103,7 +103,16 @@ class RssSampler(threading.Thread):
         """(seconds into sampling, KiB) of the highest sample."""
         return max(self.samples[name], key=lambda s: s[1], default=(0.0, 0))
 
+    def quarters(self, name: str, until: float) -> list[int]:
+        """Highest sample in each quarter of ``[0, until]`` seconds (KiB)."""
+        peaks = [0, 0, 0, 0]
+        for t, rss in self.samples[name]:
+            q = min(3, int(4 * t / until)) if until > 0 else 0
+            peaks[q] = max(peaks[q], rss)
+        return peaks
+
     def median(self, name: str) -> int:
+        """Median sample (KiB)."""
         return int(statistics.median(rss for _, rss in self.samples[name] or [(0.0, 0)]))
 
 
@@ -142,7 +151,6 @@ class Upload:
     seed: int
     status: int = 0
     sha256: str = ""
-    seconds: float = 0.0
     error: str = ""
     body: bytes = field(default=b"", repr=False)
 
@@ -155,7 +163,6 @@ def put_recording(port: int, up: Upload, timeout: float = 900) -> Upload:
     head = (f"PUT {target} HTTP/1.1\r\ncontent-type: audio/wav\r\n"
             f"content-length: {up.size}\r\nhost: x\r\nconnection: close\r\n\r\n").encode()
     digest = hashlib.sha256()
-    start = time.monotonic()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             sock.sendall(head)
@@ -170,12 +177,12 @@ def put_recording(port: int, up: Upload, timeout: float = 900) -> Upload:
             up.status, up.body = response.status, response.read()
     except (OSError, http.client.HTTPException) as exc:
         up.error = up.error or f"{type(exc).__name__}: {exc}"
-    up.seconds = time.monotonic() - start
     up.sha256 = digest.hexdigest()
     return up
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; the S3 ones default to recsink's own defaults."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--uploads", type=int, default=4, help="concurrent uploads (4)")
     p.add_argument("--size-mib", type=int, default=300, help="size of each upload (300)")
@@ -202,10 +209,12 @@ def log(msg: str) -> None:
 
 
 def mib(kib: float | None) -> str:
+    """KiB as MiB with one decimal."""
     return "n/a" if kib is None else f"{kib / 1024:.1f}"
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start moto and recsink, upload, sample, verify, print the report; the exit status."""
     overrides: dict[str, int] = {}
     if args.part_size_mib is not None:
         overrides["part_size"] = args.part_size_mib * MiB
@@ -299,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
             f"(at {peak_t:.1f} s) |",
             f"| recsink VmHWM{' (reset after idle)' if hwm_reset else ' (process lifetime)'}"
             f" | {mib(hwm)} MiB |",
+            "| recsink peak RSS per quarter of the upload time | "
+            + " / ".join(mib(q) for q in sampler.quarters("recsink", wall)) + " MiB |",
             f"| recsink RSS after uploads | {mib(after)} MiB |",
             f"| peak - idle | {mib(peak - idle)} MiB |",
             f"| moto RSS idle / peak sampled / VmHWM | {mib(moto_idle)} / "
@@ -331,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m bench.s3_rss [options]``."""
     return run(parse_args(argv))
 
 
