@@ -387,6 +387,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         # Model-level checks name their key at the start of the message themselves.
-        lines.append(f"{origin}{key}: {msg}" if key else f"{origin}{msg}")
+        names_key = re.match(r"[a-z0-9_]+(\.[a-z0-9_]+)+: ", msg) is not None
+        lines.append(f"{origin}{msg}" if not key or names_key else f"{origin}{key}: {msg}")
     return "\n".join(lines)
 

@@ -328,3 +328,34 @@ def test_serve_refuses_an_open_non_loopback_listener(tmp_path: Path) -> None:
     assert "auth.allow_unauthenticated" in result.stderr
     assert "server.listening" not in result.stdout
     assert not (tmp_path / "var").exists()
+
+
+def test_s3_settings_are_validated_with_their_keys() -> None:
+    """The s3 backend needs a destination; malformed destinations, credentials, part sizes
+    and claim timings are refused with errors that name their key; credentials are secret."""
+    cases = {
+        "storage.s3.url: required": {"storage": {"backend": "s3"}},
+        "storage.s3.url: must be s3://": {"storage": {"s3": {"url": "http://bucket"}}},
+        "storage.s3.credentials: must be AccessKey:SecretKey:Region":
+            {"storage": {"s3": {"credentials": "AK:SK"}}},
+        "storage.s3.part_size": {"storage": {"s3": {"part_size": 1024}}},
+        "claim_refresh must be at most half of claim_ttl":
+            {"storage": {"s3": {"claim_refresh": 40, "claim_ttl": 60}}},
+    }
+    for expected, data in cases.items():
+        with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("*", r"\*")):
+            load_settings_from(data)
+    settings = Settings(storage={"backend": "s3", "s3": {
+        "url": "gs://bucket/p", "credentials": "GOOGKEY:secret:auto"}})
+    assert "GOOGKEY" in settings.secrets()
+    assert "secret" in settings.secrets()
+    assert "GOOGKEY" not in repr(settings)
+
+
+def load_settings_from(data: dict[str, Any]) -> Settings:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.toml"
+        path.write_text(tomli_w.dumps(data))
+        return load_settings(path)
