@@ -309,6 +309,34 @@ def test_s3_down_then_back_nothing_acknowledged_is_lost(
         assert record["shipping"]["state"] == "shipped"
 
 
+@pytest.mark.parametrize("size", [200_000, 12 * MiB], ids=["single-put", "multipart"])
+def test_s3_lost_before_the_first_part_diverts_to_the_spool(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+    size: int,
+) -> None:
+    """When S3 stops answering after an upload was claimed but before any of its bytes were
+    sent, the recording goes to the spool instead: acknowledged 201, then shipped intact."""
+    server = s3_server(endpoint=s3_proxy.url, part_size=5 * MiB)
+    body = b"".join(wav_stream(size, seed=size))
+    target = path_a("late", "202611-" + "a" * 32)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(put_request(target, size) + body[:4096])
+        wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
+        time.sleep(0.3)  # the staging object has looked up its key by now
+        s3_proxy.down()
+        sock.sendall(body[4096:])
+        sock.settimeout(60)
+        assert read_status(sock) == 201
+    [record] = api_get(server, "/v1/recordings?call_id=late")["recordings"]
+    assert record["shipping"]["state"] == "pending"
+    s3_proxy.up()
+    wait_for(lambda: api_get(server, "/v1/recordings?call_id=late")["recordings"][0][
+        "storage_url"].startswith("s3://"), timeout=30)
+    [key] = recordings(s3, bucket)
+    assert object_sha256(s3, bucket, key) == hashlib.sha256(body).hexdigest()
+    wait_for(lambda: not list_multipart_uploads(s3, bucket), timeout=30)
+
+
 def test_mid_stream_failure_answers_503_and_leaves_nothing(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
 ) -> None:

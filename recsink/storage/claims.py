@@ -49,11 +49,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class _Seen:
-    """A claim as read back: its version token, state, object key and age (seconds)."""
+    """A claim as read back: its version token, state, object key, writer and age (s)."""
 
     token: str
     state: str
     key: str | None
+    instance: str
     age: float
 
 
@@ -66,6 +67,7 @@ class S3Claim:
         self._token = token
         self._idempotency_key = idempotency_key
         self.lost = False
+        claims.held.add(object_key)
         self._heartbeat = asyncio.create_task(self._refresh_forever())
 
     def _body(self, state: str, key: str | None = None) -> bytes:
@@ -86,6 +88,7 @@ class S3Claim:
                 log.warning("claim.refresh_failed", error=str(exc))
 
     async def _stop(self) -> None:
+        self._claims.held.discard(self._object_key)
         self._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._heartbeat
@@ -115,6 +118,8 @@ class Claims:
         self.instance = instance
         #: Claims whose release failed (S3 unreachable): object key -> our version token.
         self.unreleased: dict[str, str] = {}
+        #: Claims held by uploads running in this process.
+        self.held: set[str] = set()
 
     async def delete(self, object_key: str, token: str) -> None:
         """Delete a claim this instance holds; when S3 does not answer, remember it for
@@ -166,8 +171,10 @@ class Claims:
                 continue  # released meanwhile: try again at once
             if seen.key is not None and (meta := await self.storage.head(seen.key)) is not None:
                 return Existing(seen.key, meta)
-            if seen.state == "stored" or seen.age > self.settings.claim_ttl:
-                # Abandoned (its instance stopped refreshing) or naming a vanished object.
+            mine_but_idle = seen.instance == self.instance and object_key not in self.held
+            if seen.state == "stored" or seen.age > self.settings.claim_ttl or mine_but_idle:
+                # Abandoned (its instance stopped refreshing, or it is this instance's and no
+                # upload here holds it: a release that failed) or naming a vanished object.
                 try:
                     token = await self.put(object_key, body, if_match=seen.token)
                     logs.get_logger().info("claim.taken_over", idempotency_key=idempotency_key,
@@ -227,4 +234,5 @@ class Claims:
             claim = json.loads(raw)
         except ValueError:
             claim = {}
-        return _Seen(token, str(claim.get("state", "")), claim.get("key"), age)
+        return _Seen(token, str(claim.get("state", "")), claim.get("key"),
+                     str(claim.get("instance", "")), age)
