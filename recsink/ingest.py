@@ -30,11 +30,11 @@ import hashlib
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from recsink import logs
 from recsink.audio import (
@@ -62,8 +62,6 @@ from recsink.storage import (
     StorageError,
 )
 from recsink.storage.keys import render_key
-
-_T = TypeVar("_T")
 
 
 class Body(Protocol):
@@ -183,8 +181,14 @@ class _Attempt:
     claim: Claim | None = None
     staging: Staging | None = None
     sha256: str = ""
-    head: bytes = b""  # the body's first and last EDGE_BYTES, for probe_parts
-    tail: bytes = b""
+    head: bytes = b""  # the body's first EDGE_BYTES, for probe_parts
+    last_blocks: tuple[bytes, bytes] = (b"", b"")  # the body's last two blocks (references)
+
+    @property
+    def tail(self) -> bytes:
+        """The body's last EDGE_BYTES, for probe_parts."""
+        previous, last = self.last_blocks
+        return (last if len(last) >= EDGE_BYTES else previous + last)[-EDGE_BYTES:]
 
     async def drop(self) -> None:
         """Throw the staged bytes away and give up the claim (never raises)."""
@@ -271,9 +275,9 @@ class Ingestor:
             local = await attempt.staging.finish()
             facts: AudioFacts
             if local is not None:
-                facts = await _in_thread(probe, local, fmt)
+                facts = await asyncio.to_thread(probe, local, fmt)
             else:
-                facts = await _in_thread(
+                facts = await asyncio.to_thread(
                     probe_parts, attempt.head, attempt.tail, blocks.total, fmt)
             return await self._commit(attempt, facts)
         except BaseException as exc:
@@ -344,8 +348,8 @@ class Ingestor:
 
     async def _stream(self, attempt: _Attempt, head: bytes) -> None:
         """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; keeps the
-        body's edges for :func:`~recsink.audio.probe_parts` and sets ``attempt.sha256``
-        once the body is complete and checked."""
+        body's head and last blocks for :func:`~recsink.audio.probe_parts` and sets
+        ``attempt.sha256`` once the body is complete and checked."""
         intake, blocks, staging = attempt.intake, attempt.blocks, attempt.staging
         assert staging is not None
         cap = PROBE_MAX_BYTES if attempt.fmt is Format.PROBE else self.settings.max_bytes
@@ -358,10 +362,9 @@ class Ingestor:
             if blocks.total > cap:
                 raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
             await asyncio.gather(
-                _in_thread(_update, sha256, md5, block), staging.write(block))
+                asyncio.to_thread(_update, sha256, md5, block), staging.write(block))
             self.metrics.bytes_received.labels(intake.source).inc(len(block))
-            attempt.tail = (block if len(block) >= EDGE_BYTES
-                            else attempt.tail + block)[-EDGE_BYTES:]
+            attempt.last_blocks = (attempt.last_blocks[1], block)
             block = await blocks.read(chunk)
         if intake.content_length is not None and blocks.total != intake.content_length:
             raise bad_request(
@@ -533,8 +536,6 @@ def _update(sha256: Any, md5: Any, block: bytes) -> None:
         md5.update(block)
 
 
-async def _in_thread(func: Callable[..., _T], *args: Any) -> _T:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
 
 def decode_content_md5(value: str | None) -> bytes | None:

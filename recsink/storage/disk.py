@@ -20,9 +20,9 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiofiles
 import aiofiles.os
@@ -32,16 +32,9 @@ from recsink.storage import Found, NoClaim, StorageError, Stored
 from recsink.storage.keys import variant
 
 STAGING_DIR = ".staging"
-_T = TypeVar("_T")
-
-
 def _storage_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", full=exc.errno in (errno.ENOSPC,
                                                                            errno.EDQUOT))
-
-
-async def _run(func: Callable[..., _T], *args: Any) -> _T:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -77,7 +70,7 @@ class DiskStaging:
         try:
             await fh.flush()
             if self._storage.fsync:
-                await _run(os.fsync, fh.fileno())
+                await asyncio.to_thread(os.fsync, fh.fileno())
         except OSError as exc:
             raise _storage_error(exc, "flushing the staging file") from exc
         finally:
@@ -88,7 +81,7 @@ class DiskStaging:
         """Link the staged file into place; ``meta`` is not kept (the catalog has it)."""
         assert self._fh is None, "commit before finish"
         try:
-            used = await _run(self._storage.place, self._path, self.key)
+            used = await asyncio.to_thread(self._storage.place, self._path, self.key)
         except OSError as exc:
             raise _storage_error(exc, "committing") from exc
         self._committed = True
@@ -119,7 +112,7 @@ class DiskStorage:
 
     async def start(self) -> int:
         try:
-            return await _run(self._prepare)
+            return await asyncio.to_thread(self._prepare)
         except OSError as exc:
             raise _storage_error(exc, f"preparing {self.root}") from exc
 
@@ -208,7 +201,7 @@ class DiskStorage:
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(OSError, ValueError):
-            await _run(self._unlink, self.path(key))
+            await asyncio.to_thread(self._unlink, self.path(key))
 
     def _unlink(self, path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -217,7 +210,7 @@ class DiskStorage:
 
     async def find(self, key: str) -> Found | None:
         try:
-            size, sha256 = await _run(_size_and_sha256, self.path(key))
+            size, sha256 = await asyncio.to_thread(_size_and_sha256, self.path(key))
             return Found(Stored(key, self.url(key)), size, sha256)
         except FileNotFoundError:
             return None
@@ -226,7 +219,7 @@ class DiskStorage:
 
     async def check_writable(self) -> None:
         try:
-            await _run(self._probe_write)
+            await asyncio.to_thread(self._probe_write)
         except OSError as exc:
             raise _storage_error(exc, f"writing to {self.staging_dir}") from exc
 
