@@ -9,14 +9,16 @@ import io
 import json
 import math
 import os
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,84 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait()
+
+
+# -- raw-socket Kazoo requests against a running server ------------------------------
+
+def kazoo_put(
+    target: str, length: int, content_type: str = "audio/wav", extra: bytes = b""
+) -> bytes:
+    """The head of an upload exactly as Kazoo's httpc writes it (specs/kazoo.md §3.1)."""
+    return (f"PUT {target} HTTP/1.1\r\n".encode()
+            + f"content-type: {content_type}\r\ncontent-length: {length}\r\n".encode()
+            + b"te: \r\nhost: rec.example.com:8080\r\nconnection: keep-alive\r\n" + extra
+            + b"\r\n")
+
+
+def path_a(call_id: str, recording_id: str | None = None, ext: str = "wav") -> str:
+    """A path-A upload target (specs/kazoo.md §2.1) with its metadata query."""
+    query = f"call_id={call_id}&account_id={ACCOUNT}&start=63877471200&duration_ms=1000"
+    if recording_id:
+        query += f"&recording_id={recording_id}"
+    return f"/kazoo/call_recording_{call_id}.{ext}?{query}"
+
+
+def api_get(server: RunningServer, target: str) -> Any:
+    return exchange(server.port, f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode()).json()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+class RssSampler(threading.Thread):
+    """Samples a server's resident memory every 20 ms while it runs."""
+
+    def __init__(self, server: RunningServer) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self.peak_kib = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak_kib = max(self.peak_kib, self.server.rss_kib())
+            time.sleep(0.02)
+
+    def __enter__(self) -> RssSampler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+
+def stream_until_answered(sock: socket.socket, chunks: Iterable[bytes]) -> int:
+    """Send ``chunks`` until the server answers (or stops reading); return bytes sent."""
+    sent = 0
+    for chunk in chunks:
+        if select.select([sock], [], [], 0)[0]:
+            break
+        try:
+            sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sent += len(chunk)
+    return sent
+
+
+def read_status(sock: socket.socket) -> int:
+    data = b""
+    while b"\r\n" not in data:
+        more = sock.recv(4096)
+        if not more:
+            break
+        data += more
+    return int(data.split(b" ", 2)[1])

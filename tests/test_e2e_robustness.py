@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
-import select
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,94 +15,23 @@ import aiohttp
 import pytest
 
 from tests.conftest import (
-    ACCOUNT,
     CORPUS,
     FIXTURES,
     TESTBODY,
+    RssSampler,
     RunningServer,
+    api_get,
     exchange,
+    kazoo_put,
     make_wav,
+    path_a,
+    read_status,
     stored_files,
+    stream_until_answered,
+    wait_for,
 )
 
 MiB = 1024 * 1024
-
-
-def kazoo_put(target: str, body_length: int, content_type: str = "audio/mpeg",
-              extra: bytes = b"") -> bytes:
-    """The head of a path-A upload exactly as Kazoo's httpc writes it (specs/kazoo.md §3.1)."""
-    return (f"PUT {target} HTTP/1.1\r\n".encode()
-            + f"content-type: {content_type}\r\ncontent-length: {body_length}\r\n".encode()
-            + b"te: \r\nhost: rec.example.com:8080\r\nconnection: keep-alive\r\n" + extra
-            + b"\r\n")
-
-
-def path_a(call_id: str, recording_id: str | None, ext: str = "mp3") -> str:
-    query = f"call_id={call_id}&account_id={ACCOUNT}&start=63877471200&duration_ms=1000"
-    if recording_id:
-        query += f"&recording_id={recording_id}"
-    return f"/kazoo/call_recording_{call_id}.{ext}?{query}"
-
-
-def api_get(server: RunningServer, target: str) -> Any:
-    return exchange(server.port, f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode()).json()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
-
-
-class RssSampler(threading.Thread):
-    """Samples a server's resident memory every 20 ms while it runs."""
-
-    def __init__(self, server: RunningServer) -> None:
-        super().__init__(daemon=True)
-        self.server = server
-        self.peak_kib = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.peak_kib = max(self.peak_kib, self.server.rss_kib())
-            time.sleep(0.02)
-
-    def __enter__(self) -> RssSampler:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.join()
-
-
-def stream_until_answered(sock: socket.socket, chunks: Iterable[bytes]) -> int:
-    """Send ``chunks`` until the server answers (or stops reading); return bytes sent."""
-    sent = 0
-    for chunk in chunks:
-        if select.select([sock], [], [], 0)[0]:
-            break
-        try:
-            sock.sendall(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            break
-        sent += len(chunk)
-    return sent
-
-
-def read_status(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        more = sock.recv(4096)
-        if not more:
-            break
-        data += more
-    return int(data.split(b" ", 2)[1])
 
 
 @pytest.fixture
@@ -159,7 +85,8 @@ def test_client_disconnect_halfway_leaves_nothing(server: RunningServer) -> None
 def test_body_shorter_than_content_length_commits_nothing(server: RunningServer) -> None:
     """A body that ends (half-close) before its Content-Length is not committed."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(kazoo_put(path_a("short", None), len(TESTBODY) + 500) + TESTBODY)
+        head = kazoo_put(path_a("short", None, "mp3"), len(TESTBODY) + 500, "audio/mpeg")
+        sock.sendall(head + TESTBODY)
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(10)
         sock.recv(4096)
@@ -177,7 +104,8 @@ def test_two_gib_against_a_100_mib_cap_is_413_with_flat_memory(start_server: Any
     block = bytes(MiB)
     with RssSampler(server) as rss:
         with socket.create_connection(("127.0.0.1", server.port)) as sock:
-            sock.sendall(kazoo_put(path_a("huge", None), 2 * 1024 * MiB) + TESTBODY)
+            head = kazoo_put(path_a("huge", None, "mp3"), 2 * 1024 * MiB, "audio/mpeg")
+            sock.sendall(head + TESTBODY)
             sock.settimeout(10)
             assert read_status(sock) == 413
 
@@ -201,7 +129,7 @@ def test_large_upload_streams_in_flat_memory(server: RunningServer) -> None:
     digest = hashlib.sha256()
     baseline = server.rss_kib()
     with RssSampler(server) as rss, socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(kazoo_put(path_a("big", "202403-" + "b" * 32), size))
+        sock.sendall(kazoo_put(path_a("big", "202403-" + "b" * 32, "mp3"), size, "audio/mpeg"))
         head = TESTBODY + bytes(MiB - len(TESTBODY))
         for i in range(size // MiB):
             block = head if i == 0 else bytes([i % 251]) * MiB

@@ -25,10 +25,16 @@ from tests.conftest import (
     CORPUS,
     FIXTURES,
     TESTBODY,
+    RssSampler,
     RunningServer,
+    api_get,
     exchange,
+    kazoo_put,
     make_wav,
     merge,
+    path_a,
+    read_status,
+    wait_for,
 )
 from tests.s3support import (
     MotoServer,
@@ -39,7 +45,6 @@ from tests.s3support import (
     list_multipart_uploads,
     object_sha256,
 )
-from tests.test_e2e_robustness import RssSampler, api_get, read_status, wait_for
 
 MiB = 1024 * 1024
 ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -74,18 +79,6 @@ def recordings(s3: S3Client, bucket: str) -> dict[str, int]:
     return {k: v for k, v in all_objects(s3, bucket).items() if "/.recsink/" not in k}
 
 
-def put_request(target: str, size: int, content_type: str = "audio/wav") -> bytes:
-    return (f"PUT {target} HTTP/1.1\r\nhost: x\r\ncontent-type: {content_type}\r\n"
-            f"content-length: {size}\r\n\r\n").encode()
-
-
-def path_a(call_id: str, recording_id: str | None = None, ext: str = "wav") -> str:
-    query = f"call_id={call_id}&account_id={ACCOUNT}&start=63877471200"
-    if recording_id:
-        query += f"&recording_id={recording_id}"
-    return f"/kazoo/call_recording_{call_id}.{ext}?{query}"
-
-
 def wav_stream(size: int, seed: int = 0) -> Iterator[bytes]:
     """A ``size``-byte RIFF/WAVE body (8 kHz mono 16-bit), generated 1 MiB at a time."""
     header = (b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
@@ -117,7 +110,7 @@ def test_corpus_and_fixtures_round_trip_through_s3(
     for n, (path, sha256) in enumerate(cases):
         body = path.read_bytes()
         target = path_a(f"corpus-{n}", f"202611-{n:032x}", path.suffix[1:])
-        reply = exchange(server.port, put_request(target, len(body)) + body)
+        reply = exchange(server.port, kazoo_put(target, len(body)) + body)
         assert reply.status == 201, (path, reply.body)
         record = reply.json()
         key = record["storage_url"].removeprefix(f"s3://{bucket}/")
@@ -142,7 +135,7 @@ def test_300_mib_recording_streams_in_bounded_memory(
     digest = hashlib.sha256()
     baseline = server.rss_kib()
     with RssSampler(server) as rss, socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(put_request(path_a("big", "202611-" + "b" * 32), size))
+        sock.sendall(kazoo_put(path_a("big", "202611-" + "b" * 32), size))
         for block in wav_stream(size):
             digest.update(block)
             sock.sendall(block)
@@ -167,7 +160,7 @@ def test_disconnect_halfway_leaves_no_object_and_no_upload(
     server = s3_server(part_size=5 * MiB)
     size = 60 * MiB
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(put_request(path_a("gone", "202611-" + "e" * 32), size))
+        sock.sendall(kazoo_put(path_a("gone", "202611-" + "e" * 32), size))
         sent = 0
         for block in wav_stream(size):
             sock.sendall(block)
@@ -224,16 +217,16 @@ def test_claim_held_elsewhere_answers_503_then_200(
     body = make_wav(5.0)
     target = path_a("slow", "202611-" + "5" * 32)
     with socket.create_connection(("127.0.0.1", first.port)) as slow:
-        slow.sendall(put_request(target, len(body)) + body[:1000])
+        slow.sendall(kazoo_put(target, len(body)) + body[:1000])
         wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
-        busy = exchange(second.port, put_request(target, len(body)) + body)
+        busy = exchange(second.port, kazoo_put(target, len(body)) + body)
         assert busy.status == 503
         assert busy.headers["retry-after"]
         assert busy.json()["error"] == "claimed_elsewhere"
         slow.sendall(body[1000:])
         slow.settimeout(30)
         assert read_status(slow) == 201
-    again = exchange(second.port, put_request(target, len(body)) + body)
+    again = exchange(second.port, kazoo_put(target, len(body)) + body)
     assert again.status == 200
     assert len(recordings(s3, bucket)) == 1
 
@@ -251,7 +244,7 @@ def test_abandoned_claim_is_taken_over(
          "instance": "crashed"}).encode())
     body = make_wav(1.0)
     started = time.monotonic()
-    reply = exchange(server.port, put_request(path_a("orphan", "202611-" + "c" * 32),
+    reply = exchange(server.port, kazoo_put(path_a("orphan", "202611-" + "c" * 32),
                                               len(body)) + body)
     assert reply.status == 201
     assert time.monotonic() - started >= 1.0
@@ -272,7 +265,7 @@ def test_s3_down_then_back_nothing_acknowledged_is_lost(
 
     def send(server: RunningServer, name: str) -> dict[str, Any]:
         body = bodies[name]
-        reply = exchange(server.port, put_request(path_a(name, f"202611-{name}"), len(body))
+        reply = exchange(server.port, kazoo_put(path_a(name, f"202611-{name}"), len(body))
                          + body)
         assert reply.status == 201, reply.body
         record: dict[str, Any] = reply.json()
@@ -320,7 +313,7 @@ def test_s3_lost_before_the_first_part_diverts_to_the_spool(
     body = b"".join(wav_stream(size, seed=size))
     target = path_a("late", "202611-" + "a" * 32)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(put_request(target, size) + body[:4096])
+        sock.sendall(kazoo_put(target, size) + body[:4096])
         wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
         time.sleep(0.3)  # the staging object has looked up its key by now
         s3_proxy.down()
@@ -346,7 +339,7 @@ def test_mid_stream_failure_answers_503_and_leaves_nothing(
     server = s3_server(endpoint=s3_proxy.url, part_size=5 * MiB)
     size = 80 * MiB
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(put_request(path_a("cut", "202611-" + "d" * 32), size))
+        sock.sendall(kazoo_put(path_a("cut", "202611-" + "d" * 32), size))
         blocks = wav_stream(size)
         for _ in range(20):
             sock.sendall(next(blocks))
@@ -377,7 +370,7 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     metadata; a second run changes nothing; the instance then serves them."""
     first = s3_server("a")
     for n, (body, ext) in enumerate(((TESTBODY, "mp3"), (make_wav(1.0), "wav"))):
-        reply = exchange(first.port, put_request(path_a(f"re{n}", f"202611-re{n}", ext),
+        reply = exchange(first.port, kazoo_put(path_a(f"re{n}", f"202611-re{n}", ext),
                                                  len(body)) + body)
         assert reply.status == 201
     workdir = tmp_path / "b"  # what s3_server("b") will use: its catalog and spool
@@ -398,7 +391,7 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     got = exchange(second.port,
                    f"GET {path_a('re1', '202611-re1')} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
     assert got.body == make_wav(1.0)
-    again = exchange(second.port, put_request(path_a("re1", "202611-re1"), 16044)
+    again = exchange(second.port, kazoo_put(path_a("re1", "202611-re1"), 16044)
                      + make_wav(1.0))
     assert again.status == 200
 
