@@ -425,6 +425,7 @@ class Ingestor:
             try:
                 stored = await staging.commit(record.object_metadata())
             except AlreadyStored as same:  # another attempt stored these very bytes there
+                await staging.abort()
                 assert attempt.claim is not None
                 await attempt.claim.settle(same.key)
                 record = await self.catalog.update(

@@ -330,6 +330,30 @@ def test_s3_lost_before_the_first_part_diverts_to_the_spool(
     wait_for(lambda: not list_multipart_uploads(s3, bucket), timeout=30)
 
 
+def test_same_bytes_appearing_meanwhile_are_a_duplicate(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """If the very same recording appears at the object's key while it uploads (written
+    outside recsink's claims), completing finds it: the answer is 200, the existing object is
+    untouched and this upload's multipart upload is aborted, not left behind."""
+    server = s3_server(part_size=5 * MiB)
+    size = 12 * MiB
+    body = b"".join(wav_stream(size, seed=7))
+    sha256 = hashlib.sha256(body).hexdigest()
+    target = path_a("twin", "202611-" + "7" * 32)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(kazoo_put(target, size) + body[:6 * MiB])
+        [upload] = wait_for(lambda: list_multipart_uploads(s3, bucket))
+        s3.put_object(Bucket=bucket, Key=upload["Key"], Body=body,
+                      Metadata={"sha256": sha256})
+        sock.sendall(body[6 * MiB:])
+        sock.settimeout(60)
+        assert read_status(sock) == 200
+    assert list(recordings(s3, bucket)) == [upload["Key"]]
+    assert head_metadata(s3, bucket, upload["Key"]) == {"sha256": sha256}
+    assert list_multipart_uploads(s3, bucket) == []
+
+
 def test_mid_stream_failure_answers_503_and_leaves_nothing(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
 ) -> None:
