@@ -29,7 +29,7 @@ from recsink.storage.s3 import S3Storage
 BATCH = 4
 #: Seconds between looks at the catalog when nothing is due.
 IDLE = 1.0
-#: Seconds between retries of multipart aborts and claim releases that failed (S3 was
+#: Seconds between retries of multipart aborts and claim writes that failed (S3 was
 #: unreachable).
 SWEEP_INTERVAL = 5.0
 
@@ -55,8 +55,8 @@ class Shipper:
                 self._last_sweep = time.monotonic()
                 if await asyncio.to_thread(self.storage.leftovers) > 0:
                     await self.storage.sweep_multipart()
-                if self.storage.claims.unreleased:
-                    await self.storage.claims.retry_releases()
+                if self.storage.claims.pending:
+                    await self.storage.claims.retry_pending()
             if not due:
                 await asyncio.sleep(IDLE)
 

@@ -95,18 +95,13 @@ class S3Claim:
 
     async def settle(self, key: str) -> None:
         await self._stop()
-        try:
-            await self._claims.put(self._object_key, self._body("stored", key),
-                                   if_match=None if self.lost else self._token)
-        except S3_ERRORS as exc:
-            # The object is stored; a later claimant that finds a stale claim checks the
-            # object's key from its own attempt before taking over.
-            logs.get_logger().warning("claim.settle_failed", key=key, error=str(exc))
+        if not self.lost:
+            await self._claims.write(self._object_key, self._token, self._body("stored", key))
 
     async def release(self) -> None:
         await self._stop()
         if not self.lost:
-            await self._claims.delete(self._object_key, self._token)
+            await self._claims.write(self._object_key, self._token, None)
 
 
 class Claims:
@@ -116,32 +111,43 @@ class Claims:
         self.storage = storage
         self.settings = storage.settings
         self.instance = instance
-        #: Claims whose release failed (S3 unreachable): object key -> our version token.
-        self.unreleased: dict[str, str] = {}
+        #: Claim writes that failed (S3 unreachable), retried by :meth:`retry_pending`:
+        #: object key -> (our version token, the new body, or None to delete).
+        self.pending: dict[str, tuple[str, bytes | None]] = {}
         #: Claims held by uploads running in this process.
         self.held: set[str] = set()
 
-    async def delete(self, object_key: str, token: str) -> None:
-        """Delete a claim this instance holds; when S3 does not answer, remember it for
-        :meth:`retry_releases` instead of leaving the recording blocked for ``claim_ttl``."""
+    async def write(self, object_key: str, token: str, body: bytes | None) -> None:
+        """Settle (``body``) or release (None) a claim this instance holds. When S3 does not
+        answer, keep the write for :meth:`retry_pending`: an unsettled claim would let
+        another instance store the recording again once it expires, an unreleased one would
+        block its retries for ``claim_ttl``."""
         try:
-            await self.storage.client.delete_object(
-                Bucket=self.storage.destination.bucket, Key=object_key)
-            self.unreleased.pop(object_key, None)
-        except S3_ERRORS:
-            self.unreleased[object_key] = token
+            if body is None:
+                await self.storage.client.delete_object(
+                    Bucket=self.storage.destination.bucket, Key=object_key)
+            else:
+                await self.put(object_key, body, if_match=token)
+            self.pending.pop(object_key, None)
+        except S3_ERRORS as exc:
+            if is_conflict(exc):  # taken over meanwhile: no longer ours to write
+                self.pending.pop(object_key, None)
+                return
+            self.pending[object_key] = (token, body)
+            logs.get_logger().warning("claim.write_failed", settle=body is not None,
+                                      error=str(exc))
 
-    async def retry_releases(self) -> None:
-        """Delete the claims whose release failed, unless someone re-wrote them since."""
-        for object_key, token in list(self.unreleased.items()):
+    async def retry_pending(self) -> None:
+        """Apply the claim writes that failed, unless someone re-wrote the claim since."""
+        for object_key, (token, body) in list(self.pending.items()):
             try:
                 seen = await self._read(object_key)
             except StorageError:
                 return  # still unreachable
             if seen is None or seen.token != token:
-                self.unreleased.pop(object_key, None)  # gone, or taken over meanwhile
+                self.pending.pop(object_key, None)  # gone, or taken over meanwhile
                 continue
-            await self.delete(object_key, token)
+            await self.write(object_key, token, body)
 
     def object_key(self, idempotency_key: str) -> str:
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
