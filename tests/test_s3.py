@@ -278,6 +278,9 @@ def test_s3_down_then_back_nothing_acknowledged_is_lost(
         assert record["storage_url"].startswith("file://")
         assert record["shipping"]["state"] == "pending"
     assert server.events("s3.unreachable")
+    ready = exchange(server.port, b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert ready.status == 503
+    assert "s3" in ready.json()["problems"]["storage"].lower()
 
     server.stop()  # the spool survives a restart
     server = s3_server("node", endpoint=s3_proxy.url)
@@ -291,6 +294,7 @@ def test_s3_down_then_back_nothing_acknowledged_is_lost(
         return all(r and r[0]["storage_url"].startswith("s3://") for r in found)
 
     wait_for(shipped, timeout=30)
+    assert exchange(server.port, b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").status == 200
     objects = recordings(s3, bucket)
     assert len(objects) == len(bodies)
     stored = {object_sha256(s3, bucket, k) for k in objects}
