@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from recsink import api, logs, state
@@ -20,10 +21,11 @@ from recsink.auth import UploadAuth
 from recsink.catalog import Catalog
 from recsink.config import Settings
 from recsink.errors import RecsinkError
+from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
 from recsink.shipper import Shipper
-from recsink.sources import kazoo
+from recsink.sources import kazoo, laml, sinch
 from recsink.storage import Storage
 from recsink.storage.disk import DiskStorage
 from recsink.storage.s3 import S3Storage
@@ -40,8 +42,12 @@ def create_app(settings: Settings) -> web.Application:
     app[state.SETTINGS] = settings
     app[state.AUTH] = UploadAuth(settings.auth)
     app[state.METRICS] = Metrics()
+    app[state.SINCH] = sinch.SinchVerifier(settings.sinch)
+    app[state.LAML] = laml.LamlVerifier(settings.laml)
     app.cleanup_ctx.append(resources)
     kazoo.add_routes(app, settings.kazoo.prefixes)
+    sinch.add_routes(app, settings.sinch.path)
+    laml.add_routes(app, settings.laml.path)
     api.add_routes(app)
     return app
 
@@ -73,9 +79,13 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         if settings.storage.backend == "s3":
             shipping = asyncio.create_task(Shipper(s3, catalog, metrics).run())
             stack.push_async_callback(_stop, shipping)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        fetcher = Fetcher(settings.fetch, ingestor, catalog, metrics, http, stack)
+        stack.push_async_callback(_stop, asyncio.create_task(fetcher.run()))
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
         app[state.INGESTOR] = ingestor
+        app[state.FETCHER] = fetcher
         yield
 
 
@@ -130,7 +140,9 @@ def _log_error(
                   elapsed_ms=round((time.perf_counter() - started) * 1000, 1), **exc.fields)
     log = logs.get_logger()
     if source is None:
-        log.warning("request.rejected", **fields)
+        callback = request.get(state.CALLBACK_SOURCE)
+        log.warning("callback.rejected" if callback else "request.rejected",
+                    **({"source": callback} if callback else {}), **fields)
         return
     # An upload that got as far as a record (or broke on our side) failed; the rest were
     # refused before anything was kept.

@@ -1,4 +1,4 @@
-"""Request bodies as :class:`recsink.ingest.Body` streams: raw, or one multipart part.
+"""Bodies as :class:`recsink.ingest.Body` streams: raw, one multipart part, or a download.
 
 Both read aiohttp's stream directly (``request.content``; aiohttp #854: never
 ``request.read()`` or ``post()``, which buffer the whole body), give up after
@@ -12,16 +12,17 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol
 
-from aiohttp import BodyPartReader, StreamReader, web
+from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from recsink.errors import RecsinkError, bad_request
 
 # A client that goes away mid-body surfaces as one of these from aiohttp's payload reader.
 _BROKEN = (ConnectionError, web.RequestPayloadError, HttpProcessingError,
-           asyncio.IncompleteReadError)
+           asyncio.IncompleteReadError, ClientPayloadError)
 
 
 async def _guarded(read: Awaitable[bytes], idle_timeout: float) -> bytes:
@@ -36,15 +37,33 @@ async def _guarded(read: Awaitable[bytes], idle_timeout: float) -> bytes:
             "client_disconnected", f"the body broke off: {exc or type(exc).__name__}") from exc
 
 
-class RawBody:
-    """The whole request body (``PUT``/``POST`` of raw audio)."""
+class Readable(Protocol):
+    """A byte stream: aiohttp's ``StreamReader`` (a request, or a download's response) or
+    aiobotocore's ``StreamingBody``."""
 
-    def __init__(self, stream: StreamReader, idle_timeout: float) -> None:
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class RawBody:
+    """A whole body read from a stream: a ``PUT``/``POST`` of raw audio, or a download."""
+
+    def __init__(self, stream: Readable | StreamReader, idle_timeout: float) -> None:
         self._stream = stream
         self._idle = idle_timeout
 
     async def read(self, n: int) -> bytes:
         return await _guarded(self._stream.read(n), self._idle)
+
+
+class ChunksBody:
+    """A body delivered as an async iterator of chunks (Azure's ``download_blob().chunks()``)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], idle_timeout: float) -> None:
+        self._chunks = chunks
+        self._idle = idle_timeout
+
+    async def read(self, n: int) -> bytes:
+        return await _guarded(anext(self._chunks, b""), self._idle)
 
 
 _BASE64_START = re.compile(rb"[A-Za-z0-9+/]{8}")

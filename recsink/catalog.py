@@ -25,7 +25,7 @@ from typing import Any
 
 import aiosqlite
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -74,6 +74,16 @@ ALTER TABLE recordings ADD COLUMN next_ship_at TEXT;
 ALTER TABLE recordings ADD COLUMN ship_error TEXT;
 CREATE INDEX IF NOT EXISTS recordings_shipping ON recordings (ship_state, next_ship_at);
 """,
+    # 3: recordings a platform stored elsewhere, pulled into recsink's storage (fetch.py).
+    3: """
+ALTER TABLE recordings ADD COLUMN pull_url TEXT;
+ALTER TABLE recordings ADD COLUMN pull_state TEXT
+    CHECK (pull_state IS NULL OR pull_state IN ('pending', 'done', 'failed'));
+ALTER TABLE recordings ADD COLUMN pull_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE recordings ADD COLUMN next_pull_at TEXT;
+ALTER TABLE recordings ADD COLUMN pull_error TEXT;
+CREATE INDEX IF NOT EXISTS recordings_pulls ON recordings (pull_state, next_pull_at);
+""",
 }
 
 
@@ -87,6 +97,10 @@ class Status(enum.StrEnum):
 
 #: A recording in one of these states is settled: a repeat of it is a duplicate.
 SETTLED = frozenset({Status.COMPLETED, Status.DISCARDED})
+
+#: How far along each status is; events only ever move a recording forward.
+_PROGRESS = {Status.RECORDING: 0, Status.UPLOADING: 1, Status.COMPLETED: 2,
+             Status.FAILED: 2, Status.DISCARDED: 2}
 
 
 def utcnow() -> datetime:
@@ -152,6 +166,13 @@ class Recording:
     ship_attempts: int = 0
     next_ship_at: datetime | None = None
     ship_error: str | None = None
+    #: Where the platform stored the recording, while recsink pulls it: "pending", then
+    #: "done" or "failed".
+    pull_url: str | None = None
+    pull_state: str | None = None
+    pull_attempts: int = 0
+    next_pull_at: datetime | None = None
+    pull_error: str | None = None
 
     def resource(self) -> dict[str, Any]:
         """The recording resource as served by the API and upload responses."""
@@ -184,6 +205,9 @@ class Recording:
             "shipping": None if self.ship_state is None else {
                 "state": self.ship_state, "attempts": self.ship_attempts,
                 "next_attempt_at": iso(self.next_ship_at), "error": self.ship_error},
+            "pull": None if self.pull_state is None else {
+                "state": self.pull_state, "attempts": self.pull_attempts,
+                "next_attempt_at": iso(self.next_pull_at), "error": self.pull_error},
         }
 
     def object_metadata(self) -> dict[str, Any]:
@@ -227,7 +251,8 @@ class Recording:
             storage_key=key, storage_url=url)
 
 
-_TIMES = {"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at"}
+_TIMES = {"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at",
+          "next_pull_at"}
 
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -390,6 +415,50 @@ class Catalog:
                f"THEN status ELSE excluded.status END RETURNING *")
         rows = await self._db.execute_fetchall(sql, row)
         return _from_row(next(iter(rows)))
+
+    async def transition(self, record: Recording) -> Recording:
+        """Apply a platform's status event for ``record.idempotency_key``: insert the record,
+        or move the existing one forward (a status never goes back: a late or repeated event
+        changes nothing), filling fields it does not have yet and merging metadata.
+        Returns the record as it now is."""
+        assert record.idempotency_key is not None
+        row = _to_row(asdict(record))
+        row["updated_at"] = row["received_at"]
+        columns = ", ".join(row)
+        marks = ", ".join(f":{c}" for c in row)
+        progress = " ".join(f"WHEN '{s.value}' THEN {n}" for s, n in _PROGRESS.items())
+
+        def rank(column: str) -> str:
+            return f"(CASE {column} {progress} END)"
+
+        forward = f"{rank('excluded.status')} > {rank('status')}"
+        fill = ", ".join(f"{c} = COALESCE({c}, excluded.{c})" for c in row if c not in (
+            "id", "idempotency_key", "status", "metadata", "received_at", "updated_at",
+            "attempts", "ship_attempts", "pull_attempts", "pull_state", "pull_url",
+            "next_pull_at"))
+        sql = (f"INSERT INTO recordings ({columns}) VALUES ({marks}) "  # noqa: S608
+               f"ON CONFLICT (idempotency_key) DO UPDATE SET {fill}, "
+               f"metadata = json_patch(metadata, excluded.metadata), "
+               f"pull_url = COALESCE(pull_url, excluded.pull_url), "
+               f"pull_state = COALESCE(pull_state, excluded.pull_state), "
+               f"next_pull_at = COALESCE(next_pull_at, excluded.next_pull_at), "
+               f"updated_at = CASE WHEN {forward} THEN excluded.updated_at ELSE updated_at END, "
+               f"status = CASE WHEN {forward} THEN excluded.status ELSE status END "
+               f"RETURNING *")
+        rows = await self._db.execute_fetchall(sql, row)
+        return _from_row(next(iter(rows)))
+
+    async def due_pulls(self, now: datetime, limit: int) -> list[Recording]:
+        """Recordings waiting to be pulled whose next attempt is due, oldest first."""
+        rows = await self._db.execute_fetchall(
+            "SELECT * FROM recordings WHERE pull_state = 'pending' AND next_pull_at <= ? "
+            "ORDER BY next_pull_at LIMIT ?", (iso(now), limit))
+        return [_from_row(r) for r in rows]
+
+    async def pending_pulls(self) -> int:
+        rows = list(await self._db.execute_fetchall(
+            "SELECT COUNT(*) FROM recordings WHERE pull_state = 'pending'"))
+        return int(rows[0][0])
 
     async def due_for_shipping(self, now: datetime, limit: int) -> list[Recording]:
         """Spooled recordings whose next shipping attempt is due, oldest first."""

@@ -15,6 +15,7 @@ commented copy of every key and DESIGN.md "HTTP surface and configuration".
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import string
@@ -252,6 +253,17 @@ class AuthSettings(_Section):
         return bool(self.basic or self.bearer_tokens or self.url_tokens)
 
 
+def _route(path: str) -> str:
+    """``path`` as a route: one leading slash, none trailing, not shadowing recsink's own
+    routes, plain ASCII."""
+    path = "/" + path.strip("/")
+    if path == "/" or path.split("/")[1] in RESERVED_ROUTES:
+        raise ValueError(f"{path!r} would hide the routes {sorted(RESERVED_ROUTES)}")
+    if not path.isascii() or any(c in path for c in "{}?#%"):
+        raise ValueError(f"{path!r}: use plain ASCII path characters")
+    return path
+
+
 class KazooSettings(_Section):
     """``[kazoo]``: the Kazoo upload routes."""
 
@@ -262,16 +274,124 @@ class KazooSettings(_Section):
 
     @field_validator("prefixes")
     @classmethod
-    def _slash(cls, prefixes: list[str]) -> list[str]:
-        cleaned = []
-        for prefix in prefixes:
-            prefix = "/" + prefix.strip("/")
-            if prefix == "/" or prefix.split("/")[1] in RESERVED_ROUTES:
-                raise ValueError(f"{prefix!r} would hide the routes {sorted(RESERVED_ROUTES)}")
-            if not prefix.isascii() or any(c in prefix for c in "{}?#%"):
-                raise ValueError(f"{prefix!r}: use plain ASCII path characters")
-            cleaned.append(prefix)
-        return cleaned
+    def _routes(cls, prefixes: list[str]) -> list[str]:
+        return [_route(p) for p in prefixes]
+
+
+class SinchApplication(_Section):
+    """One Sinch application (or Voice API 2.0 service): its key and its secret, Base64 as
+    the dashboard shows it."""
+
+    key: str = Field(min_length=1)
+    secret: SecretStr
+
+    @field_validator("secret")
+    @classmethod
+    def _base64(cls, secret: SecretStr) -> SecretStr:
+        try:
+            base64.b64decode(secret.get_secret_value(), validate=True)
+        except ValueError as exc:
+            raise ValueError("must be the Base64 secret shown in the Sinch dashboard") from exc
+        return secret
+
+
+class SinchSettings(_Section):
+    """``[sinch]``: Sinch Voice notify events (``recording_finished``,
+    ``recording_available``), specs/callbacks.md §A."""
+
+    #: Route of the application's calling callback URL.
+    path: str = "/sinch/voice"
+    #: Applications whose callbacks are accepted; each signs with its key and secret
+    #: (``application`` scheme, and Voice API 2.0's ``service`` scheme).
+    applications: list[SinchApplication] = []
+    #: Refuse callbacks without a valid signature. Turn off only for a trusted network.
+    verify_signatures: bool = True
+    #: Seconds an ``x-timestamp`` may differ from now.
+    timestamp_window: float = Field(900.0, gt=0)
+    #: Copy each recording into recsink's storage when ``recording_available`` names it.
+    pull: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _route(path)
+
+
+class LamlSettings(_Section):
+    """``[laml]``: SignalWire / Twilio-compatible RecordingStatusCallback,
+    specs/callbacks.md §B."""
+
+    path: str = "/laml/recording-status"
+    #: The project's Signing Key (SignalWire Dashboard, API Credentials).
+    signing_key: SecretStr = SecretStr("")
+    #: The scheme, host (and port) SignalWire calls, e.g. ``https://recsink.example.com``:
+    #: signatures cover the public URL, which a proxy in front of recsink rewrites.
+    public_base_url: str = ""
+    verify_signatures: bool = True
+    #: Copy each completed recording into recsink's storage, as ``wav`` or ``mp3``
+    #: (``RecordingUrl`` + ``.wav``/``.mp3``).
+    pull: bool = False
+    pull_format: Literal["wav", "mp3"] = "wav"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _route(path)
+
+    @model_validator(mode="after")
+    def _signing_needs_key(self) -> LamlSettings:
+        if self.verify_signatures and self.signing_key.get_secret_value() and not (
+                self.public_base_url.startswith(("http://", "https://"))):
+            raise ValueError("laml.public_base_url: required (http(s)://host[:port]) to "
+                             "verify signatures, which cover the public URL")
+        return self
+
+
+class FetchBucket(_Section):
+    """Read access to a bucket that recordings are pulled from (``s3://``, ``gs://``)."""
+
+    #: Destination prefix this entry applies to, e.g. ``s3://customer-recordings``.
+    url: str
+    endpoint_url: str = ""
+    #: ``AccessKey:SecretKey:Region``; empty: the standard AWS chain.
+    credentials: SecretStr = SecretStr("")
+
+    @field_validator("url")
+    @classmethod
+    def _bucket_url(cls, url: str) -> str:
+        if not re.fullmatch(r"(s3|gs)://[^/]+(/.*)?", url):
+            raise ValueError("must be s3://bucket[/prefix] or gs://bucket[/prefix]")
+        return url
+
+
+class FetchAzure(_Section):
+    """Read access to an Azure storage account that recordings are pulled from
+    (``azure://<account>/<container>/<blob>``)."""
+
+    account: str = Field(min_length=1)
+    #: A connection string, or an account key, or a SAS token (one of them).
+    connection_string: SecretStr = SecretStr("")
+    account_key: SecretStr = SecretStr("")
+    sas_token: SecretStr = SecretStr("")
+    #: Blob endpoint; empty: https://<account>.blob.core.windows.net.
+    endpoint_url: str = ""
+
+
+class FetchSettings(_Section):
+    """``[fetch]``: pulling recordings from where a platform put them, in the background."""
+
+    #: Pulls running at once.
+    workers: int = Field(4, ge=1, le=64)
+    #: Attempts before a pull ends ``failed`` (with the reason).
+    max_attempts: int = Field(8, ge=1)
+    #: Seconds before the second attempt, doubled for each further one, up to backoff_max.
+    backoff: float = Field(2.0, gt=0)
+    backoff_max: float = Field(600.0, gt=0)
+    #: Seconds to connect, and seconds a download may stay silent.
+    connect_timeout: float = Field(10.0, gt=0)
+    idle_timeout: float = Field(60.0, gt=0)
+    buckets: list[FetchBucket] = []
+    azure: list[FetchAzure] = []
 
 
 class ApiSettings(_Section):
@@ -305,6 +425,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     kazoo: KazooSettings = KazooSettings()
     api: ApiSettings = ApiSettings()
+    sinch: SinchSettings = SinchSettings()
+    laml: LamlSettings = LamlSettings()
+    fetch: FetchSettings = FetchSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -337,10 +460,16 @@ class Settings(BaseSettings):
         values = [c.password for c in self.auth.basic]
         values += self.auth.bearer_tokens + self.auth.url_tokens + self.api.tokens
         secrets = [s.get_secret_value() for s in values if s.get_secret_value()]
-        s3_credentials = self.storage.s3.credentials.get_secret_value()
-        if s3_credentials:
-            secrets += s3_credentials.split(":")[:2]  # access key and secret key
-        return secrets
+        for credentials in [self.storage.s3.credentials,
+                            *(b.credentials for b in self.fetch.buckets)]:
+            if credentials.get_secret_value():
+                secrets += credentials.get_secret_value().split(":")[:2]  # access, secret key
+        secrets += [a.secret.get_secret_value() for a in self.sinch.applications]
+        secrets += [self.laml.signing_key.get_secret_value()]
+        for azure in self.fetch.azure:
+            secrets += [azure.connection_string.get_secret_value(),
+                        azure.account_key.get_secret_value(), azure.sas_token.get_secret_value()]
+        return [s for s in secrets if s]
 
 
 def is_loopback(host: str) -> bool:

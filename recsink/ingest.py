@@ -83,7 +83,8 @@ class Intake:
     in milliseconds (the measured duration wins when the file has one).
     ``content_length``: bytes the body declares, checked against what arrives;
     ``content_md5``: the 16-byte digest from a Content-MD5 header. ``allow_probe``
-    admits Kazoo's text credentials probe (specs/kazoo.md §5.5).
+    admits Kazoo's text credentials probe (specs/kazoo.md §5.5). ``key`` overrides the
+    idempotency key (a pull attaches the bytes to the record its callback created).
     """
 
     source: str
@@ -102,10 +103,14 @@ class Intake:
     content_length: int | None = None
     content_md5: bytes | None = None
     allow_probe: bool = False
+    #: The idempotency key, when the source decided it (a pulled recording's record).
+    key: str | None = None
 
     @property
     def idempotency_key(self) -> str | None:
-        """The key known before reading: the sender's recording id, if any."""
+        """The key known before reading: the source's, else the sender's recording id."""
+        if self.key is not None:
+            return self.key
         return f"{self.source}:rid:{self.recording_id}" if self.recording_id else None
 
     def content_key(self, sha256: str) -> str:

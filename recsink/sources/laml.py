@@ -1,0 +1,147 @@
+"""SignalWire / Twilio-compatible RecordingStatusCallback → catalog transitions.
+
+Wire format: SignalWire Compatibility API (cXML/LaML) ``RecordingStatusCallbackPayload``,
+form-encoded POST or GET query (specs/callbacks.md §B.2), signed in ``X-SignalWire-Signature``
+(alias ``X-Twilio-Signature``, §B.3):
+
+    Base64(HMAC-SHA1(SigningKey, public URL + concat(key + value for keys sorted)))
+
+The public URL is ``laml.public_base_url`` + the path and query as sent; like the reference
+validators, the URL is also tried with the default port added or removed. Statuses map onto
+the catalog's: ``in-progress`` → ``recording``, ``completed`` → ``completed`` (or, with
+``laml.pull``, a pull of ``RecordingUrl.wav|.mp3`` that completes it), ``absent`` →
+``discarded`` (too short or silent), ``failed`` → ``failed``. Dedupe is by ``RecordingSid``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from recsink import logs, state
+from recsink.catalog import Recording, Status, new_id, utcnow
+from recsink.config import LamlSettings
+from recsink.errors import RecsinkError
+
+SOURCE = "laml"
+SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
+STATUSES = {"in-progress": Status.RECORDING, "completed": Status.COMPLETED,
+            "absent": Status.DISCARDED, "failed": Status.FAILED}
+#: Largest callback accepted, bytes.
+MAX_FORM_BYTES = 64 * 1024
+
+
+def signature(signing_key: str, url: str, params: Iterable[tuple[str, str]]) -> str:
+    """The Base64 HMAC-SHA1 signature of a callback to ``url`` with form ``params``
+    (specs/callbacks.md §B.3, "Scheme B")."""
+    data = url + "".join(k + v for k, v in sorted(params, key=lambda kv: kv[0]))
+    digest = hmac.new(signing_key.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def url_variants(url: str) -> list[str]:
+    """``url`` as given, and with the scheme's default port added or removed: SignalWire
+    and Twilio sign either form (the validators' "port quirk")."""
+    parts = urlsplit(url)
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    host = parts.hostname or ""
+    if default is None:
+        return [url]
+    if parts.port is None:
+        other = parts._replace(netloc=f"{parts.netloc}:{default}")
+    elif parts.port == default:
+        other = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] or host)
+    else:
+        return [url]
+    return [url, urlunsplit(other)]
+
+
+class LamlVerifier:
+    """Checks ``X-SignalWire-Signature`` / ``X-Twilio-Signature`` against ``[laml]``."""
+
+    def __init__(self, settings: LamlSettings) -> None:
+        self.settings = settings
+
+    def verify(self, path_and_query: str, headers: Mapping[str, str],
+               params: Sequence[tuple[str, str]]) -> None:
+        """Raise 401 ``bad_signature`` unless a signature header matches."""
+        given = next((v for h in SIGNATURE_HEADERS if (v := headers.get(h))), None)
+        if not given:
+            raise RecsinkError(401, "bad_signature", "no X-SignalWire-Signature header")
+        key = self.settings.signing_key.get_secret_value()
+        if not key:
+            raise RecsinkError(401, "bad_signature", "laml.signing_key is not configured")
+        url = self.settings.public_base_url.rstrip("/") + path_and_query
+        matched = False
+        for candidate in url_variants(url):
+            matched |= hmac.compare_digest(given.encode(),
+                                           signature(key, candidate, params).encode())
+        if not matched:
+            raise RecsinkError(401, "bad_signature", "signature does not match")
+
+
+async def callback(request: web.Request) -> web.Response:
+    """``POST`` (form) or ``GET`` (query) RecordingStatusCallback: verify, apply, 200."""
+    request[state.CALLBACK_SOURCE] = SOURCE
+    settings = request.app[state.SETTINGS].laml
+    if request.method == "POST":
+        if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+            raise RecsinkError(413, "too_large", f"a callback is at most {MAX_FORM_BYTES} bytes")
+        form = await request.post()
+        params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    else:
+        params = []
+    if settings.verify_signatures:
+        request.app[state.LAML].verify(request.raw_path, request.headers, params)
+    fields = dict(request.query) if request.method == "GET" else dict(params)
+    sid = fields.get("RecordingSid", "")
+    raw_status = fields.get("RecordingStatus", "")
+    logs.bind_request(source=SOURCE, call_id=fields.get("CallSid"), recording_id=sid)
+    if not sid or raw_status not in STATUSES:
+        # Signed, but not a recording status (a call-status callback sent here, say).
+        logs.get_logger().info("laml.event_ignored", recording_status=raw_status or None,
+                               has_recording_sid=bool(sid))
+        return web.Response(status=200)
+    status = STATUSES[raw_status]
+    record = _record(fields, sid, status)
+    recording_url = fields.get("RecordingUrl", "")
+    if status is Status.COMPLETED and recording_url:
+        if settings.pull:
+            record.status = Status.UPLOADING
+            record.pull_url = f"{recording_url}.{settings.pull_format}"
+            record.pull_state, record.next_pull_at = "pending", utcnow()
+        else:
+            record.storage_url = recording_url
+    record = await request.app[state.CATALOG].transition(record)
+    if record.pull_state == "pending":
+        request.app[state.FETCHER].wake()
+    logs.get_logger().info("laml.recording_status", id=record.id, status=str(record.status),
+                           recording_status=raw_status, pull=record.pull_state)
+    return web.Response(status=200)
+
+
+def _record(fields: dict[str, str], sid: str, status: Status) -> Recording:
+    def number(name: str) -> int | None:
+        value = fields.get(name, "")
+        return int(value) if value.isdigit() else None
+
+    seconds = number("RecordingDuration")
+    # RecordingUrl opens the media without authentication (§B.5): kept out of the metadata
+    # that the API serves; it lives in pull_url or storage_url only.
+    metadata = {k: v for k, v in fields.items() if k != "RecordingUrl"}
+    return Recording(
+        id=new_id(), source=SOURCE, status=status, received_at=utcnow(),
+        idempotency_key=f"{SOURCE}:rid:{sid}", recording_id=sid,
+        call_id=fields.get("CallSid") or None, account_id=fields.get("AccountSid") or None,
+        duration_ms=seconds * 1000 if seconds is not None else None,
+        channels=number("RecordingChannels"), metadata=metadata)
+
+
+def add_routes(app: web.Application, path: str) -> None:
+    app.router.add_post(path, callback)
+    app.router.add_get(path, callback, allow_head=False)

@@ -1,0 +1,438 @@
+"""Sinch notify events and SignalWire RecordingStatusCallbacks against real ``recsink serve``
+processes: the test vectors of specs/callbacks.md §E, refusals, status transitions and media
+pulls from a real moto S3 server and a real local HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from recsink.sources.laml import signature as laml_signature
+from recsink.sources.sinch import signature as sinch_signature
+from tests.conftest import (
+    CORPUS,
+    FIXTURES,
+    RunningServer,
+    api_get,
+    exchange,
+    make_wav,
+    stored_files,
+    wait_for,
+)
+from tests.s3support import MotoServer, S3Client, TcpProxy
+
+# specs/callbacks.md §A.6 and §B.4
+S1 = dict(key="669E367E-6BBA-48AB-AF15-266871C28135", secret="BeIukql3pTKJ8RGL5zo0DA==",
+          content_type="application/json", timestamp="2014-09-24T10:59:41Z",
+          path="/sinch/callback/ace",
+          body=b'{"event":"ace","callid":"822aa4b7-05b4-4d83-87c7-1f835ee0b6f6_257",'
+               b'"timestamp":"2014-09-24T10:59:41Z","version":1}',
+          authorization="application 669E367E-6BBA-48AB-AF15-266871C28135:"
+                        "Tg6fMyo8mj9pYfWQ9ssbx3Tc1BNC87IEygAfLbJqZb4=")
+S2 = dict(key="my-key-id", secret="bXkta2V5LXNlY3JldA==",
+          content_type="application/json; charset=UTF-8", timestamp="2023-11-22T09:10:11.999Z",
+          path="/path/pathParamValue",
+          body=b'{"identity":{"type":"number","endpoint":"+33444555666"},"method":"sms"}',
+          authorization="Application my-key-id:QP3OzQZVzRZAEev6DBLvJkgpiqyZPuXYsc7oyjUV0K8=")
+S4 = dict(key="f00dcafe-abba-c0de-1dea-dabb1ed4caf3",
+          secret="cmVjb3JkaW5nLXNpbmstdGVzdC1zZWNyZXQ=",
+          content_type="application/json; charset=utf-8",
+          timestamp="2024-06-06T17:40:00.1234567Z", path="/sinch/voice/callback",
+          body=b'{"event":"notify","callid":"33dd8e62-0ac6-4e0c-a89f-36d121f861f9","version":1,'
+               b'"type":"recording_available","destination":'
+               b'"s3://my-bucket/voice-recordings/my-recording.mp3"}',
+          authorization="Application f00dcafe-abba-c0de-1dea-dabb1ed4caf3:"
+                        "9P45joU0TAdgYgjg0Yk/aaYtYY4VggdlzZpb7DbGjq0=")
+S5 = dict(key=S4["key"], secret=S4["secret"], content_type="application/json",
+          timestamp="2024-06-06T17:39:58Z", path="/sinch/voice/callback",
+          body=b'{"event":"notify","callid":"33dd8e62-0ac6-4e0c-a89f-36d121f861f9","version":1,'
+               b'"type":"recording_finished"}',
+          authorization="application f00dcafe-abba-c0de-1dea-dabb1ed4caf3:"
+                        "3XVE1xws5k+FoZKtQmZ/4RUt9w5gdvcOnj+UlPEce/o=")
+T1 = dict(key="12345", base="https://mycompany.com", path="/myapp.php",
+          target="/myapp.php?foo=1&bar=2",
+          params=[("CallSid", "CA1234567890ABCDE"), ("Caller", "+14158675309"),
+                  ("Digits", "1234"), ("From", "+14158675309"), ("To", "+18005551212")],
+          signature="RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+SID = "b3877c40-da60-4998-90ad-b792e984re01"
+T2 = dict(key="PSK_recording_sink_test_key_0123456789", base="https://sink.example.com",
+          path="/signalwire/recording-status",
+          target="/signalwire/recording-status?tenant=acme",
+          params=[("AccountSid", "b3877c40-da60-4998-90ad-b792e98472af"),
+                  ("CallSid", "b3877c40-da60-4998-90ad-b792e98472ca"),
+                  ("RecordingSid", SID),
+                  ("RecordingUrl", "https://example.signalwire.com/api/laml/2010-04-01/Accounts/"
+                   f"b3877c40-da60-4998-90ad-b792e98472af/Recordings/{SID}"),
+                  ("RecordingStatus", "completed"), ("RecordingDuration", "94"),
+                  ("RecordingChannels", "1"), ("RecordingSource", "RecordVerb")],
+          signature="+CbpJr1MSNJCL2OyLCl6hiJwrXY=")
+EVER = 10.0**11  # a timestamp window wide enough for the vectors' historic x-timestamps
+
+
+def sinch_request(vector: dict[str, Any], **changes: Any) -> bytes:
+    """A Sinch callback as the platform sends it; ``changes`` overrides parts of it."""
+    v = {**vector, **changes}
+    head = (f"POST {v['path']} HTTP/1.1\r\nhost: sink.example.com\r\n"
+            f"content-type: {v['content_type']}\r\nx-timestamp: {v['timestamp']}\r\n"
+            f"authorization: {v['authorization']}\r\ncontent-length: {len(v['body'])}\r\n\r\n")
+    return head.encode() + v["body"]
+
+
+def signed_sinch(body: bytes, path: str = "/sinch/voice",
+                 content_type: str = "application/json") -> bytes:
+    """A freshly signed Sinch notify event with S-4's application."""
+    timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    sig = sinch_signature(S4["secret"], "POST", body, content_type, timestamp, path)
+    return sinch_request({**S4, "path": path, "body": body, "content_type": content_type,
+                          "timestamp": timestamp,
+                          "authorization": f"application {S4['key']}:{sig}"})
+
+
+def laml_request(vector: dict[str, Any], signature: str | None = None,
+                 method: str = "POST") -> bytes:
+    if method == "GET":
+        target = vector["target"]
+        return (f"GET {target} HTTP/1.1\r\nhost: x\r\n"
+                f"x-signalwire-signature: {signature or vector['signature']}\r\n\r\n").encode()
+    body = urlencode(vector["params"]).encode()
+    return (f"POST {vector['target']} HTTP/1.1\r\nhost: x\r\n"
+            f"content-type: application/x-www-form-urlencoded\r\n"
+            f"x-signalwire-signature: {signature or vector['signature']}\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def sinch_config(vector: dict[str, Any], **sinch: Any) -> dict[str, Any]:
+    return {"sinch": {"path": vector["path"], "timestamp_window": EVER,
+                      "applications": [{"key": vector["key"], "secret": vector["secret"]}],
+                      **sinch}}
+
+
+def laml_config(vector: dict[str, Any], **laml: Any) -> dict[str, Any]:
+    return {"laml": {"path": vector["path"], "signing_key": vector["key"],
+                     "public_base_url": vector["base"], **laml}}
+
+
+@pytest.mark.parametrize("vector", [S1, S2, S4, S5], ids=["S-1", "S-2", "S-4", "S-5"])
+def test_sinch_vectors_are_accepted(start_server: Callable[..., RunningServer],
+                                    vector: dict[str, Any]) -> None:
+    """Sinch's published and our own signed callbacks (§A.6) are accepted: 200, empty body."""
+    server = start_server(**sinch_config(vector))
+    reply = exchange(server.port, sinch_request(vector))
+    assert (reply.status, reply.body) == (200, b"")
+
+
+def test_sinch_negative_cases_are_refused(start_server: Callable[..., RunningServer]) -> None:
+    """A tampered body byte, another Content-Type, a query on the path, a wrong or unknown
+    key, a stale timestamp, a bad scheme and a missing header are all refused with 401; the
+    refusal is logged without the secret."""
+    server = start_server(**sinch_config(S4, timestamp_window=900.0))
+    fresh = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+    def signed(**parts: Any) -> dict[str, Any]:
+        v = {**S4, "timestamp": fresh, **parts}
+        sig = sinch_signature(S4["secret"], "POST", v["body"], v["content_type"],
+                              v["timestamp"], v["path"])
+        return {**v, "authorization": f"Application {S4['key']}:{sig}"}
+
+    good = signed()
+    assert exchange(server.port, sinch_request(good)).status == 200
+    # a query beside a signature over the bare path is fine: only the path is signed
+    assert exchange(server.port, sinch_request(good, path=S4["path"] + "?x=1")).status == 200
+    stale = (datetime.now(UTC) - timedelta(minutes=16)).isoformat()
+    cases = {
+        "tampered body": sinch_request(good, body=good["body"].replace(b"mp3", b"wav")),
+        "other content type": sinch_request(good, content_type="application/json"),
+        # the canonical resource is the path alone: a signature over path?query is wrong
+        "query in the signed path": sinch_request(signed(path=S4["path"] + "?x=1")),
+        "wrong key": sinch_request(good, authorization=good["authorization"].replace(
+            S4["key"], "00000000-abba-c0de-1dea-dabb1ed4caf3")),
+        "stale timestamp": sinch_request(signed(timestamp=stale)),
+        "bad scheme": sinch_request(good, authorization=good["authorization"].replace(
+            "Application", "Bearer")),
+        "no signature": sinch_request(good, authorization="application " + S4["key"]),
+    }
+    for name, request in cases.items():
+        reply = exchange(server.port, request)
+        assert reply.status == 401, name
+        assert reply.json()["error"] == "bad_signature", name
+    server.stop()
+    text = server.log_path.read_text()
+    assert text.count('"callback.rejected"') == len(cases)
+    assert S4["secret"] not in text
+
+
+def test_sinch_service_scheme_is_accepted(start_server: Callable[..., RunningServer]) -> None:
+    """Voice API 2.0's ``service <key>:<signature>`` scheme verifies like ``application``."""
+    server = start_server(**sinch_config(S4))
+    service = sinch_request(S4, authorization=S4["authorization"].replace(
+        "Application", "service"))
+    assert exchange(server.port, service).status == 200
+
+
+@pytest.mark.parametrize("vector", [T1, T2], ids=["T-1", "T-2"])
+def test_signalwire_vectors_are_accepted(start_server: Callable[..., RunningServer],
+                                         vector: dict[str, Any]) -> None:
+    """The Twilio/SignalWire vectors (§B.4) are accepted over real HTTP: 200."""
+    server = start_server(**laml_config(vector))
+    assert exchange(server.port, laml_request(vector)).status == 200
+
+
+def test_signalwire_port_quirk_get_variant_and_refusals(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A signature made over the URL with an explicit :443 is accepted (T-2p), the GET
+    variant is accepted (T-3), ``X-Twilio-Signature`` works; a wrong signature, a tampered
+    parameter or a missing header is refused with 401."""
+    server = start_server(**laml_config(T2))
+    assert exchange(server.port, laml_request(T2, "8imoqiueAsfm9ell0xXikSRIFA0=")).status == 200
+    get_target = T2["target"] + "&" + urlencode(T2["params"])
+    get = laml_request({**T2, "target": get_target}, "kH2t88Z6OSkoWOAqhGumELMUvc0=", "GET")
+    assert exchange(server.port, get).status == 200
+    twilio = laml_request(T2).replace(b"x-signalwire-signature", b"X-Twilio-Signature")
+    assert exchange(server.port, twilio).status == 200
+    tampered = laml_request({**T2, "params": [*T2["params"][:-1], ("RecordingSource", "x")]})
+    for request in (laml_request(T2, "AAAAAAAAAAAAAAAAAAAAAAAAAAA="), tampered,
+                    laml_request(T2).replace(b"x-signalwire-signature", b"x-other")):
+        assert exchange(server.port, request).status == 401
+
+
+def test_signalwire_statuses_map_and_never_go_back(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """``in-progress`` → recording, ``completed`` → completed with the call's facts; a late
+    ``in-progress`` or a repeat changes nothing; ``absent`` → discarded, ``failed`` →
+    failed; one record per RecordingSid."""
+    server = start_server(**laml_config(T2))
+
+    def send(sid: str, status: str) -> None:
+        params = [(k, sid if k == "RecordingSid" else status if k == "RecordingStatus" else v)
+                  for k, v in T2["params"]]
+        vector = {**T2, "params": params}
+        sig = laml_signature(T2["key"], T2["base"] + T2["target"], params)
+        assert exchange(server.port, laml_request(vector, sig)).status == 200
+
+    def record(sid: str) -> dict[str, Any]:
+        found: dict[str, Any] = api_get(server, f"/v1/recordings/{sid}")
+        return found
+
+    send("R1", "in-progress")
+    assert record("R1")["status"] == "recording"
+    send("R1", "completed")
+    send("R1", "in-progress")
+    send("R1", "completed")
+    r1 = record("R1")
+    assert (r1["status"], r1["duration_ms"], r1["channels"], r1["call_id"],
+            r1["account_id"]) == ("completed", 94000, 1, "b3877c40-da60-4998-90ad-b792e98472ca",
+                                  "b3877c40-da60-4998-90ad-b792e98472af")
+    assert r1["metadata"]["RecordingSource"] == "RecordVerb"
+    assert "RecordingUrl" not in r1["metadata"]
+    send("R2", "absent")
+    send("R3", "failed")
+    assert (record("R2")["status"], record("R3")["status"]) == ("discarded", "failed")
+    assert len(api_get(server, "/v1/recordings?call_id=b3877c40-da60-4998-90ad-b792e98472ca")[
+        "recordings"]) == 3
+
+
+def test_sinch_events_track_status_and_ignore_unknown_types(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """``recording_finished`` → uploading; ``recording_available`` → completed with its
+    destination; repeats and out-of-order events end the same way; unknown notify types
+    (``transcription_available``, ``amd``) answer 200 and change nothing; ``callId`` works."""
+    server = start_server(sinch={"applications": [{"key": S4["key"], "secret": S4["secret"]}]})
+
+    def notify(call: str, kind: str, destination: str | None = None, field: str = "callid") -> None:
+        body = (f'{{"event":"notify","{field}":"{call}","version":1,"type":"{kind}"'
+                + (f',"destination":"{destination}"' if destination else "") + "}").encode()
+        assert exchange(server.port, signed_sinch(body)).status == 200
+
+    notify("c1", "recording_finished")
+    assert api_get(server, "/v1/recordings?call_id=c1")["recordings"][0]["status"] == "uploading"
+    for _ in range(2):
+        notify("c1", "recording_available", "s3://b/c1.mp3")
+    notify("c1", "recording_finished")
+    notify("c2", "recording_available", "azure://acct/rec/c2.mp3", field="callId")
+    notify("c2", "recording_finished")
+    notify("c2", "transcription_available", "azure://acct/rec/c2.json")
+    notify("c2", "amd")
+    for call, destination in (("c1", "s3://b/c1.mp3"), ("c2", "azure://acct/rec/c2.mp3")):
+        [record] = api_get(server, f"/v1/recordings?call_id={call}")["recordings"]
+        assert (record["status"], record["storage_url"], record["source"]) == (
+            "completed", destination, "sinch")
+    assert server.events("sinch.event_ignored")
+
+
+# -- media pulls ----------------------------------------------------------------------------
+
+
+def test_sinch_pull_from_s3_in_either_order(
+    start_server: Callable[..., RunningServer], moto: MotoServer, s3: S3Client, bucket: str,
+) -> None:
+    """With pulling on, ``recording_finished`` + ``recording_available`` naming an s3://
+    object end with that object copied byte-identical into recsink's storage and the record
+    ``completed``; sending the pair again, or in reverse order, ends the same way."""
+    mp3 = (FIXTURES / "01-vm-and.mp3").read_bytes()
+    s3.put_object(Bucket=bucket, Key="voice-recordings/one.mp3", Body=mp3)
+    s3.put_object(Bucket=bucket, Key="voice-recordings/two.mp3", Body=mp3 + b"\0")
+    server = start_server(
+        sinch={"pull": True, "applications": [{"key": S4["key"], "secret": S4["secret"]}]},
+        fetch={"backoff": 0.2, "buckets": [{"url": f"s3://{bucket}", "endpoint_url": moto.url,
+                                            "credentials": "testing:testing:us-east-1"}]})
+
+    def notify(call: str, kind: str, name: str | None = None) -> None:
+        destination = f',"destination":"s3://{bucket}/voice-recordings/{name}"' if name else ""
+        body = (f'{{"event":"notify","callid":"{call}","version":1,"type":"{kind}"'
+                f"{destination}}}").encode()
+        assert exchange(server.port, signed_sinch(body)).status == 200
+
+    def completed(call: str) -> dict[str, Any] | None:
+        found = api_get(server, f"/v1/recordings?call_id={call}")["recordings"]
+        return found[0] if found and found[0]["status"] == "completed" else None
+
+    for _ in range(2):
+        notify("in-order", "recording_finished")
+        notify("in-order", "recording_available", "one.mp3")
+        notify("reversed", "recording_available", "two.mp3")
+        notify("reversed", "recording_finished")
+    first = wait_for(lambda: completed("in-order"))
+    second = wait_for(lambda: completed("reversed"))
+    assert first["sha256"] == hashlib.sha256(mp3).hexdigest()
+    assert second["sha256"] == hashlib.sha256(mp3 + b"\0").hexdigest()
+    assert first["pull"]["state"] == "done"
+    assert first["metadata"]["destination"] == f"s3://{bucket}/voice-recordings/one.mp3"
+    assert first["duration_ms"] == 936
+    assert sorted(p.read_bytes() for p in stored_files(server.root)) == [mp3, mp3 + b"\0"]
+    for call in ("in-order", "reversed"):
+        assert len(api_get(server, f"/v1/recordings?call_id={call}")["recordings"]) == 1
+
+
+class MediaServer(http.server.ThreadingHTTPServer):
+    """A local HTTP server for RecordingUrl pulls: answers 500 ``failures`` times, then the
+    file; counts requests."""
+
+    def __init__(self, body: bytes, failures: int = 0) -> None:
+        self.body, self.failures, self.requests = body, failures, 0
+        super().__init__(("127.0.0.1", 0), _MediaHandler)
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join()
+
+
+class _MediaHandler(http.server.BaseHTTPRequestHandler):
+    server: MediaServer
+
+    def do_GET(self) -> None:
+        self.server.requests += 1
+        if self.server.requests <= self.server.failures:
+            self.send_error(500)
+            return
+        if not self.path.endswith(".wav"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def media() -> Iterator[Callable[..., MediaServer]]:
+    servers: list[MediaServer] = []
+
+    def start(body: bytes, failures: int = 0) -> MediaServer:
+        servers.append(MediaServer(body, failures))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def completed_callback(recording_url: str, sid: str = SID) -> bytes:
+    params = [(k, recording_url if k == "RecordingUrl" else sid if k == "RecordingSid" else v)
+              for k, v in T2["params"]]
+    sig = laml_signature(T2["key"], T2["base"] + T2["target"], params)
+    return laml_request({**T2, "params": params}, sig)
+
+
+def corpus_wav() -> bytes:
+    """A corpus recording when the corpus is here, else a generated one."""
+    path = CORPUS / "wav" / "05-to-call-this-number.wav"
+    return path.read_bytes() if path.exists() else make_wav(1.5)
+
+
+def test_signalwire_pull_survives_server_errors(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+) -> None:
+    """A signed ``completed`` callback whose RecordingUrl serves a recording (after three
+    500s) ends with that file stored byte-identical and the record ``completed``."""
+    wav = corpus_wav()
+    source = media(wav, failures=3)
+    server = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}")).status == 200
+    record = wait_for(lambda: (r := api_get(server, f"/v1/recordings/{SID}"))["status"]
+                      == "completed" and r, timeout=30)
+    assert source.requests == 4
+    assert record["sha256"] == hashlib.sha256(wav).hexdigest()
+    assert record["pull"] == {"state": "done", "attempts": 4, "next_attempt_at": None,
+                              "error": None}
+    assert [p.read_bytes() for p in stored_files(server.root)] == [wav]
+    assert len(server.events("pull.retry")) == 3
+    assert f"/rec/{SID}" not in server.log_path.read_text()  # media URLs are secrets
+
+
+def test_signalwire_pull_that_never_answers_fails_with_the_reason(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+) -> None:
+    """When RecordingUrl never answers, the pull gives up after ``fetch.max_attempts`` and
+    the record ends ``failed`` with the reason; nothing is stored."""
+    silent = media(b"")
+    with TcpProxy(("127.0.0.1", silent.server_address[1])) as stalled:
+        stalled.stall()
+        server = start_server(**laml_config(T2, pull=True),
+                              fetch={"backoff": 0.1, "max_attempts": 3, "idle_timeout": 0.5,
+                                     "connect_timeout": 0.5})
+        assert exchange(server.port, completed_callback(f"{stalled.url}/rec/{SID}")).status == 200
+        record = wait_for(lambda: (r := api_get(server, f"/v1/recordings/{SID}"))["status"]
+                          == "failed" and r, timeout=30)
+    assert record["pull"]["state"] == "failed"
+    assert record["pull"]["attempts"] == 3
+    assert record["error"].startswith("pull failed")
+    assert "127.0.0.1" in record["error"]
+    assert stored_files(server.root) == []
+
+
+def test_pending_pulls_survive_a_restart(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+) -> None:
+    """A pull still pending when recsink stops is picked up again after a restart."""
+    wav = make_wav(1.0)
+    source = media(wav, failures=10**6)  # failing for now
+    server = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}")).status == 200
+    wait_for(lambda: server.events("pull.retry"))
+    server.stop()
+    source.failures = 0
+    restarted = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    wait_for(lambda: api_get(restarted, f"/v1/recordings/{SID}")["status"] == "completed",
+             timeout=30)
+    assert [p.read_bytes() for p in stored_files(restarted.root)] == [wav]
