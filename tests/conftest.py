@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestClient
 
 from recsink.app import create_app
 from recsink.config import Settings
+from tests.azure_support import azurite  # noqa: F401  (fixture)
 from tests.s3_fixtures import bucket, moto, s3, s3_proxy  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from recsink.sources.laml import signature as laml_signature
 from recsink.sources.sinch import signature as sinch_signature
+from tests.azure_support import ACCOUNT, KEY, Azurite
 from tests.conftest import (
     CORPUS,
     FIXTURES,
@@ -311,6 +313,36 @@ def test_sinch_pull_from_s3_in_either_order(
     assert sorted(p.read_bytes() for p in stored_files(server.root)) == [mp3, mp3 + b"\0"]
     for call in ("in-order", "reversed"):
         assert len(api_get(server, f"/v1/recordings?call_id={call}")["recordings"]) == 1
+
+
+def test_sinch_pull_from_azure(
+    start_server: Callable[..., RunningServer], azurite: Azurite,
+) -> None:
+    """An ``azure://<account>/<container>/<blob>`` destination is pulled with the configured
+    account key (and, for another account, refused for lack of credentials)."""
+    from azure.storage.blob import BlobServiceClient
+
+    wav = make_wav(2.0)
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = service.create_container(f"rec-{uuid.uuid4().hex[:8]}")
+    container.upload_blob("calls/a.wav", wav)
+    server = start_server(
+        sinch={"pull": True, "applications": [{"key": S4["key"], "secret": S4["secret"]}]},
+        fetch={"backoff": 0.1, "max_attempts": 2,
+               "azure": [{"account": ACCOUNT, "account_key": KEY,
+                          "endpoint_url": azurite.endpoint}]})
+    for call, account in (("az", ACCOUNT), ("az-unknown", "someoneelse")):
+        body = (f'{{"event":"notify","callid":"{call}","version":1,'
+                f'"type":"recording_available","destination":'
+                f'"azure://{account}/{container.container_name}/calls/a.wav"}}').encode()
+        assert exchange(server.port, signed_sinch(body)).status == 200
+    done = wait_for(lambda: (r := api_get(server, "/v1/recordings?call_id=az")["recordings"][0])[
+        "status"] == "completed" and r)
+    assert done["sha256"] == hashlib.sha256(wav).hexdigest()
+    assert [p.read_bytes() for p in stored_files(server.root)] == [wav]
+    failed = wait_for(lambda: (r := api_get(server, "/v1/recordings?call_id=az-unknown")[
+        "recordings"][0])["status"] == "failed" and r)
+    assert "no [[fetch.azure]] credentials" in failed["error"]
 
 
 class MediaServer(http.server.ThreadingHTTPServer):
