@@ -72,6 +72,13 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, catalog,
                             metrics)
         completed, failed = await ingestor.recover()
+        for name, source in (("sinch", settings.sinch), ("laml", settings.laml)):
+            if not source.verify_signatures:
+                logs.get_logger().warning(
+                    "callbacks.unsigned", source=name, pull=source.pull,
+                    detail=f"{name}.verify_signatures is off: anyone who can reach "
+                           f"{source.path} can change recording records"
+                           + (" and make recsink download any URL" if source.pull else ""))
         logs.get_logger().info(
             "storage.ready", backend=settings.storage.backend, **where,
             staging_swept=swept, catalog=str(settings.catalog.path),

@@ -92,6 +92,7 @@ class Fetcher:
         try:
             while True:
                 self._wake.clear()
+                self.metrics.pulls_pending.set(await self.catalog.pending_pulls())
                 free = self.settings.workers - len(self._running)
                 due = [r for r in await self.catalog.due_pulls(utcnow(), free + len(self._busy))
                        if r.id not in self._busy][:free] if free > 0 else []

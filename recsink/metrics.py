@@ -34,6 +34,9 @@ class Metrics:
             "recsink_s3_abort_failures", "Multipart uploads whose abort failed (retried at "
             "the next start; the bucket's lifecycle rule is the last resort).",
             registry=self.registry)
+        self.pulls_pending = Gauge(
+            "recsink_pulls_pending", "Recordings waiting to be pulled from a platform's storage.",
+            registry=self.registry)
         self.spool_pending = Gauge(
             "recsink_spool_pending", "Recordings in the local spool waiting for S3.",
             registry=self.registry)
