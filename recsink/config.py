@@ -82,6 +82,19 @@ class DiskSettings(_Section):
     fsync: bool = True
 
 
+def _bucket_url(url: str) -> str:
+    if not re.fullmatch(r"(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,254}(/.*)?", url):
+        raise ValueError("must be s3://bucket[/prefix] or gs://bucket[/prefix]")
+    return url
+
+
+def _bucket_credentials(credentials: SecretStr) -> SecretStr:
+    value = credentials.get_secret_value()
+    if value and len(value.split(":")) != 3:
+        raise ValueError("must be AccessKey:SecretKey:Region (or empty for the AWS chain)")
+    return credentials
+
+
 class S3Settings(_Section):
     """``[storage.s3]``: an S3 (or S3-compatible, or Google Cloud Storage) bucket."""
 
@@ -134,17 +147,12 @@ class S3Settings(_Section):
     @field_validator("url")
     @classmethod
     def _destination(cls, url: str) -> str:
-        if url and not re.fullmatch(r"(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,254}(/.*)?", url):
-            raise ValueError("must be s3://bucket[/prefix] or gs://bucket[/prefix]")
-        return url
+        return _bucket_url(url) if url else url
 
     @field_validator("credentials")
     @classmethod
     def _three_parts(cls, credentials: SecretStr) -> SecretStr:
-        value = credentials.get_secret_value()
-        if value and len(value.split(":")) != 3:
-            raise ValueError("must be AccessKey:SecretKey:Region (or empty for the AWS chain)")
-        return credentials
+        return _bucket_credentials(credentials)
 
     @model_validator(mode="after")
     def _refresh_within_ttl(self) -> S3Settings:
@@ -358,10 +366,13 @@ class FetchBucket(_Section):
 
     @field_validator("url")
     @classmethod
-    def _bucket_url(cls, url: str) -> str:
-        if not re.fullmatch(r"(s3|gs)://[^/]+(/.*)?", url):
-            raise ValueError("must be s3://bucket[/prefix] or gs://bucket[/prefix]")
-        return url
+    def _url(cls, url: str) -> str:
+        return _bucket_url(url)
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, credentials: SecretStr) -> SecretStr:
+        return _bucket_credentials(credentials)
 
 
 class FetchAzure(_Section):
