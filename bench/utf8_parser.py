@@ -1,6 +1,6 @@
 """What does parsing request heads in pure Python cost recsink in upload throughput?
 
-recsink serves with :class:`recsink.server.Utf8HeadAppRunner`, whose connections parse
+recsink serves with :class:`recsink.server.RecsinkAppRunner`, whose connections parse
 request heads with aiohttp's pure-Python parser (``HttpRequestParserPy``) so that Kazoo's raw
 UTF-8 query strings are accepted; aiohttp's default C parser (llhttp) answers them 400.
 This script measures both runners on the real app (``recsink.app.create_app``), each
@@ -71,14 +71,15 @@ def _settings_dict(workdir: Path, fsync: bool) -> dict[str, object]:
 async def _serve(runner_kind: Runner, workdir: Path, fsync: bool, conn: Connection) -> None:
     from recsink.app import create_app
     from recsink.config import Settings
-    from recsink.server import Utf8HeadAppRunner
+    from recsink.server import RecsinkAppRunner
 
     settings = Settings(**_settings_dict(workdir, fsync))  # type: ignore[arg-type]
     app = create_app(settings)
     runner: web.AppRunner
     if runner_kind == "recsink":
-        runner = Utf8HeadAppRunner(app, read_bufsize=settings.server.read_bufsize,
-                                   access_log=None, handle_signals=False)
+        runner = RecsinkAppRunner(app, read_bufsize=settings.server.read_bufsize,
+                                  header_timeout=settings.server.header_timeout,
+                                  access_log=None, handle_signals=False)
     else:
         runner = web.AppRunner(app, read_bufsize=settings.server.read_bufsize,
                                access_log=None, handle_signals=False)

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
+
 from aiohttp import hdrs, web
 
 from recsink import state
@@ -13,6 +17,8 @@ from recsink.metrics import CONTENT_TYPE_LATEST
 from recsink.storage import StorageError
 
 MAX_LIMIT = 1000
+#: The operations routes (``[ops]``: their own address and token).
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _authorize(request: web.Request) -> None:
@@ -68,8 +74,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _ops_token(request: web.Request) -> None:
+    """``ops.token``, when set, as a bearer token (for /readyz and /metrics)."""
+    token = request.app[state.SETTINGS].ops.token.get_secret_value()
+    if not token:
+        return
+    scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    if scheme.lower() != "bearer" or not matches_any(value.strip(), [token]):
+        raise RecsinkError(401, "unauthorized", "missing or wrong ops token")
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready: storage is writable and the catalog answers; 503 otherwise."""
+    """Ready: storage is writable (and S3 reachable when configured) and the catalog
+    answers; 503 otherwise."""
+    _ops_token(request)
     problems = {}
     try:
         await request.app[state.STORAGE].check_writable()
@@ -86,7 +104,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[state.METRICS].render()
+    _ops_token(request)
+    metrics_ = request.app[state.METRICS]
+    if (where := request.app[state.STORAGE].local_root()) is not None:
+        with contextlib.suppress(OSError):
+            usage = await asyncio.to_thread(shutil.disk_usage, where)
+            metrics_.disk_free.set(usage.free)
+    body = metrics_.render()
     return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
 

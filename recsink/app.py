@@ -42,6 +42,8 @@ def create_app(settings: Settings) -> web.Application:
     app[state.SETTINGS] = settings
     app[state.AUTH] = UploadAuth(settings.auth)
     app[state.METRICS] = Metrics()
+    app[state.SERVING] = state.Serving()
+    app[state.GATE] = state.UploadGate(settings.server.max_uploads)
     app[state.SINCH] = sinch.SinchVerifier(settings.sinch)
     app[state.LAML] = laml.LamlVerifier(settings.laml)
     app.cleanup_ctx.append(resources)
@@ -118,6 +120,7 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
     logs.bind_request(request_id=request_id)
     started = time.perf_counter()
     try:
+        _check_site(request)
         response = await handler(request)
     except RecsinkError as exc:
         _log_error(request, exc, started)
@@ -130,12 +133,29 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
         response = web.json_response(error.body(), status=exc.status)
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
+    except asyncio.CancelledError:
+        # The drain timed out (or the client is gone for good): nothing was committed.
+        error = RecsinkError(503, "cancelled", "recsink stopped before the request finished")
+        _log_error(request, error, started)
+        raise
     except Exception as exc:
         error = RecsinkError(500, "internal_error", "recsink could not handle this request")
         _log_error(request, error, started, exc_info=exc)
         response = web.json_response(error.body(), status=500)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
+
+
+def _check_site(request: web.Request) -> None:
+    """With ``ops.listen``, the ops routes answer only on the ops address and every other
+    route only on the main one."""
+    ops_port = request.app[state.SERVING].ops_port
+    if ops_port is None:
+        return
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    on_ops = isinstance(sockname, tuple) and sockname[1] == ops_port
+    if (request.path in api.OPS_PATHS) != on_ops:
+        raise RecsinkError(404, "not_found", "Not Found")
 
 
 def _log_error(

@@ -67,10 +67,43 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     #: Seconds a request body may stay silent before the upload is failed (408).
     body_idle_timeout: float = Field(60.0, gt=0)
+    #: Seconds a new connection gets to send its first request head; then it is closed.
+    header_timeout: float = Field(15.0, gt=0)
+    #: Seconds an idle keep-alive connection is kept open.
+    keepalive_timeout: float = Field(75.0, gt=0)
+    #: Uploads received at once; beyond, 503 with Retry-After (the PBX retries).
+    max_uploads: int = Field(256, ge=1)
     #: Bytes aiohttp buffers per connection before it stops reading the socket.
     read_bufsize: int = Field(256 * KiB, ge=16 * KiB, le=16 * MiB)
-    #: Seconds in-flight requests get to finish when recsink stops.
-    shutdown_timeout: float = Field(30.0, ge=0)
+    #: Seconds in-flight requests get to finish after SIGTERM/SIGINT; the rest are aborted
+    #: (nothing partial is kept; the PBX retries them).
+    drain_timeout: float = Field(30.0, ge=0)
+
+
+class OpsSettings(_Section):
+    """``[ops]``: the operations routes /healthz, /readyz and /metrics."""
+
+    #: Serve them on their own address (``host:port``, e.g. ``127.0.0.1:9090``) instead of
+    #: the main one. Empty: on the main address.
+    listen: str = ""
+    #: Bearer token required for /readyz and /metrics (/healthz stays open). Empty: none.
+    token: SecretStr = SecretStr("")
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, listen: str) -> str:
+        if listen:
+            host, sep, port = listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or int(port) > 65535:
+                raise ValueError("must be host:port, e.g. 127.0.0.1:9090")
+        return listen
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 class DiskSettings(_Section):
@@ -436,6 +469,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     kazoo: KazooSettings = KazooSettings()
     api: ApiSettings = ApiSettings()
+    ops: OpsSettings = OpsSettings()
     sinch: SinchSettings = SinchSettings()
     laml: LamlSettings = LamlSettings()
     fetch: FetchSettings = FetchSettings()
@@ -476,7 +510,7 @@ class Settings(BaseSettings):
             if credentials.get_secret_value():
                 secrets += credentials.get_secret_value().split(":")[:2]  # access, secret key
         secrets += [a.secret.get_secret_value() for a in self.sinch.applications]
-        secrets += [self.laml.signing_key.get_secret_value()]
+        secrets += [self.laml.signing_key.get_secret_value(), self.ops.token.get_secret_value()]
         for azure in self.fetch.azure:
             secrets += [azure.connection_string.get_secret_value(),
                         azure.account_key.get_secret_value(), azure.sas_token.get_secret_value()]

@@ -37,6 +37,10 @@ class Metrics:
         self.pulls_pending = Gauge(
             "recsink_pulls_pending", "Recordings waiting to be pulled from a platform's storage.",
             registry=self.registry)
+        self.disk_free = Gauge(
+            "recsink_disk_free_bytes", "Free bytes on the filesystem recsink writes to "
+            "(storage root, or the S3 spool), measured at scrape time.",
+            registry=self.registry)
         self.spool_pending = Gauge(
             "recsink_spool_pending", "Recordings in the local spool waiting for S3.",
             registry=self.registry)

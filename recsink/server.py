@@ -1,86 +1,181 @@
-"""Serving: the listener, its request-head parser, and a clean stop on SIGTERM/SIGINT.
+"""Serving: the listeners, their connections, systemd notifications and a graceful drain.
 
-Kazoo puts caller names in the query string unescaped, so a request line can hold raw UTF-8
-(``caller_id_name=José``, specs/kazoo.md §8.1). aiohttp's default C parser (llhttp) answers
-such a line with 400 before any handler runs, and Kazoo then retries the upload 30 times and
-gives up: the recording is lost. recsink's connections therefore parse request heads with
-aiohttp's pure-Python parser, which accepts the bytes and decodes them as UTF-8; bodies still
-stream straight into ingest. The cost is in head parsing only; it is measured in the README
-("Raw UTF-8 in the query string").
+**Raw UTF-8 in the query string.** Kazoo puts caller names in the query string unescaped, so
+a request line can hold raw UTF-8 (``caller_id_name=José``, specs/kazoo.md §8.1). aiohttp's
+default C parser (llhttp) answers such a line with 400 before any handler runs, and Kazoo
+then retries the upload 30 times and gives up: the recording is lost. recsink's connections
+therefore parse request heads with aiohttp's pure-Python parser, which accepts the bytes and
+decodes them as UTF-8; bodies still stream straight into ingest. The cost is in head parsing
+only; it is measured in bench/UTF8_PARSER.md.
+
+**Slow clients.** A new connection must deliver its first request head within
+``server.header_timeout`` seconds; an idle keep-alive connection is closed after
+``server.keepalive_timeout``; a body that stops arriving is failed after
+``server.body_idle_timeout`` (in ingest).
+
+**Stopping.** On SIGTERM or SIGINT recsink tells systemd ``STOPPING=1``, closes its listening
+sockets (no new connections), closes idle connections, gives in-flight requests
+``server.drain_timeout`` seconds to finish, then cancels the rest: their uploads commit
+nothing and leave no staging file, so the PBX retries them. Then resources close (the
+catalog's writes are already durable) and the process exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_parser import HttpRequestParserPy
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler
 from aiohttp.web_server import Server
 
-from recsink import logs
+from recsink import logs, state
 from recsink.app import create_app
 from recsink.config import Settings
+from recsink.notify import Notifier
+
+#: Bytes of a connection's first data searched for the end of its request head.
+_HEAD_LIMIT = 64 * 1024
 
 
-class _Utf8HeadServer:
-    """Protocol factory: aiohttp's own request handler, with the pure-Python head parser."""
+class _FirstHeadDeadline(asyncio.Protocol):
+    """Wraps a connection's protocol and closes the connection unless its first request head
+    (up to the blank line) arrives within ``timeout`` seconds."""
 
-    def __init__(self, server: Server, read_bufsize: int) -> None:
+    def __init__(self, inner: RequestHandler, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._seen = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        self._inner.connection_made(transport)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None:
+            logs.get_logger().info("connection.header_timeout",
+                                   peer=str(self._transport.get_extra_info("peername")))
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._seen += data[:_HEAD_LIMIT]
+            if b"\r\n\r\n" in self._seen or len(self._seen) >= _HEAD_LIMIT:
+                self._timer.cancel()
+                self._timer = None
+                self._seen = bytearray()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self._inner.eof_received()
+        return None  # let the transport close its writing side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class _RecsinkConnections:
+    """Protocol factory: aiohttp's own request handler, with the pure-Python head parser
+    and the first-head deadline."""
+
+    def __init__(self, server: Server, read_bufsize: int, header_timeout: float) -> None:
         self._server = server
         self._read_bufsize = read_bufsize
+        self._header_timeout = header_timeout
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> _FirstHeadDeadline:
         handler = self._server()
         # RequestHandler keeps its parser in BaseProtocol._parser and builds it from these
-        # same arguments; only the class differs. tests/test_utf8_query.py guards this.
+        # same arguments; only the class differs. tests/test_e2e_replay.py guards this.
         handler._parser = HttpRequestParserPy(
             handler, asyncio.get_running_loop(), self._read_bufsize,
             max_line_size=handler.max_line_size, max_field_size=handler.max_field_size,
             max_headers=handler.max_headers, payload_exception=web.RequestPayloadError,
             max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
-        return handler
+        return _FirstHeadDeadline(handler, self._header_timeout)
 
 
-class Utf8HeadAppRunner(web.AppRunner):
-    """An AppRunner whose sites create connections through :class:`_Utf8HeadServer`."""
+class RecsinkAppRunner(web.AppRunner):
+    """An AppRunner whose sites create connections through :class:`_RecsinkConnections`."""
 
-    def __init__(self, app: web.Application, *, read_bufsize: int, **kwargs: object) -> None:
-        super().__init__(app, read_bufsize=read_bufsize, **kwargs)  # type: ignore[arg-type]
-        self._head_read_bufsize = read_bufsize
+    def __init__(self, app: web.Application, *, read_bufsize: int, header_timeout: float,
+                 **kwargs: Any) -> None:
+        super().__init__(app, read_bufsize=read_bufsize, **kwargs)
+        self._connections = (read_bufsize, header_timeout)
 
     @property
     def server(self) -> Server | None:
         server = super().server
         if server is None:
             return None
-        return _Utf8HeadServer(server, self._head_read_bufsize)  # type: ignore[return-value]
+        return _RecsinkConnections(server, *self._connections)  # type: ignore[return-value]
 
 
-async def serve(settings: Settings) -> None:
-    """Listen on ``server.host:server.port`` until SIGTERM or SIGINT, then stop: no new
-    connections, in-flight requests get ``server.shutdown_timeout`` seconds, resources close.
-    Logs ``server.listening`` (with the bound port, useful with port 0) and ``server.stopped``."""
+
+async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
+    """Listen on ``server.host:server.port`` (and ``ops.listen``) until SIGTERM or SIGINT,
+    then drain and stop (module docstring). Logs ``server.listening`` (with the bound port,
+    useful with port 0), ``server.stopping`` and ``server.stopped``; tells systemd READY=1
+    once listening and STOPPING=1 when the drain begins."""
     log = logs.get_logger()
+    notifier = notifier or Notifier()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    runner = Utf8HeadAppRunner(
-        create_app(settings), read_bufsize=settings.server.read_bufsize,
-        access_log=None, handle_signals=False,
-        shutdown_timeout=settings.server.shutdown_timeout)
+    app = create_app(settings)
+    runner = RecsinkAppRunner(
+        app, read_bufsize=settings.server.read_bufsize,
+        header_timeout=settings.server.header_timeout,
+        keepalive_timeout=settings.server.keepalive_timeout,
+        # After the drain, what still runs is cancelled within a few seconds (cleanup).
+        access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
+    watchdog = asyncio.create_task(notifier.watchdog())
     try:
         site = web.TCPSite(runner, settings.server.host, settings.server.port)
         await site.start()
+        ops_port = None
+        if (ops := settings.ops.address) is not None:
+            ops_site = web.TCPSite(runner, *ops)
+            await ops_site.start()
+            ops_port = ops_site.port
+            app[state.SERVING].ops_port = ops_port
         log.info("server.listening", host=settings.server.host, port=site.port,
+                 ops_port=ops_port,
                  kazoo_urls=[f"http://{settings.server.host}:{site.port}{p}"
                              for p in settings.kazoo.prefixes])
+        notifier.send("READY=1", f"STATUS=listening on {settings.server.host}:{site.port}")
         await stop.wait()
-        log.info("server.stopping")
+        log.info("server.stopping", drain_timeout=settings.server.drain_timeout,
+                 uploads=app[state.GATE].receiving)
+        notifier.send("STOPPING=1", "STATUS=draining in-flight uploads")
+        # aiohttp's own shutdown stops reading bodies at once, so drain first: close the
+        # listeners, refuse new uploads, let the running ones finish.
+        for listener in list(runner.sites):
+            await listener.stop()
+        left = await app[state.GATE].drain(settings.server.drain_timeout)
+        log.info("server.drained", uploads_cut_off=left)
     finally:
         await runner.cleanup()
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
     log.info("server.stopped")

@@ -7,6 +7,11 @@ owner and one lifetime.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -14,6 +19,7 @@ from aiohttp import web
 from recsink.auth import UploadAuth
 from recsink.catalog import Catalog
 from recsink.config import Settings
+from recsink.errors import unavailable
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
 from recsink.storage import Storage
@@ -22,6 +28,55 @@ if TYPE_CHECKING:  # the source modules use these keys: no runtime import back t
     from recsink.fetch import Fetcher
     from recsink.sources.laml import LamlVerifier
     from recsink.sources.sinch import SinchVerifier
+
+@dataclass
+class Serving:
+    """What :func:`recsink.server.serve` tells the app about its listeners: the ops port
+    when /healthz, /readyz, /metrics have their own."""
+
+    ops_port: int | None = None
+
+
+class UploadGate:
+    """At most ``limit`` uploads are received at once (``server.max_uploads``); none are
+    admitted while draining."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.receiving = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def check(self) -> None:
+        """Raise 503 (Retry-After) when every slot is taken or recsink is stopping."""
+        if self.draining:
+            raise unavailable("stopping", "recsink is stopping; try again shortly",
+                              retry_after=5)
+        if self.receiving >= self.limit:
+            raise unavailable("busy", f"{self.receiving} uploads are being received "
+                              f"(server.max_uploads); try again shortly", retry_after=5)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        self.check()
+        self.receiving += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.receiving -= 1
+            if not self.receiving:
+                self._idle.set()
+
+    async def drain(self, seconds: float) -> int:
+        """Admit nothing more and wait up to ``seconds`` for the uploads being received;
+        return how many are still running."""
+        self.draining = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        return self.receiving
+
 
 SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", UploadAuth)
@@ -32,6 +87,8 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 FETCHER: web.AppKey[Fetcher] = web.AppKey("fetcher")
 SINCH: web.AppKey[SinchVerifier] = web.AppKey("sinch")
 LAML: web.AppKey[LamlVerifier] = web.AppKey("laml")
+SERVING = web.AppKey("serving", Serving)
+GATE = web.AppKey("gate", UploadGate)
 
 #: The source an upload request is for, set by its handler (for error logs and metrics).
 UPLOAD_SOURCE = web.RequestKey("upload_source", str)

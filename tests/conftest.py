@@ -173,10 +173,12 @@ class RunningServer:
 
 
 def start_server_process(
-    workdir: Path, config: dict[str, Any], timeout: float = 30
+    workdir: Path, config: dict[str, Any], timeout: float = 30,
+    env: dict[str, str] | None = None,
 ) -> RunningServer:
-    """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it; wait for
-    its ``server.listening`` line and read the bound port from it."""
+    """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it (with
+    ``env`` added to the environment); wait for its ``server.listening`` line and read the
+    bound port from it."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "recsink.toml"
     config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
@@ -184,7 +186,7 @@ def start_server_process(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "recsink", "serve", "--config", str(config_path)],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log_path.read_text(encoding="utf-8").splitlines():
@@ -204,9 +206,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     at the end of the test."""
     started: list[RunningServer] = []
 
-    def start(name: str = "server", **sections: Any) -> RunningServer:
+    def start(name: str = "server", env: dict[str, str] | None = None,
+              **sections: Any) -> RunningServer:
         workdir = tmp_path / name
-        server = start_server_process(workdir, merge(base_config(workdir), sections))
+        server = start_server_process(workdir, merge(base_config(workdir), sections), env=env)
         started.append(server)
         return server
 

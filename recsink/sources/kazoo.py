@@ -179,6 +179,11 @@ async def _read_target(request: web.Request) -> tuple[Target, dict[str, str]]:
 async def upload(request: web.Request) -> web.Response:
     """``PUT``/``POST`` of a recording: 201 with the new record, 200 with the existing one."""
     request[state.UPLOAD_SOURCE] = SOURCE
+    with request.app[state.GATE].slot():
+        return await _upload(request)
+
+
+async def _upload(request: web.Request) -> web.Response:
     target, query = await _read_target(request)
     ingestor = request.app[state.INGESTOR]
     ingestor.check_length(request.content_length)
@@ -284,6 +289,7 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
     try:
         await _read_target(request)
         request.app[state.INGESTOR].check_length(request.content_length)
+        request.app[state.GATE].check()
     except RecsinkError as exc:
         return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
     await _default_expect_handler(request)

@@ -145,6 +145,9 @@ class Storage(Protocol):
     def url(self, key: str) -> str:
         """Where the object at ``key`` lives, as a URL (``file:///…``, ``s3://…``)."""
 
+    def local_root(self) -> Path | None:
+        """The local directory this backend writes to (for free-space monitoring)."""
+
     def local_path(self, key: str) -> Path | None:
         """The object's file on this machine, when the backend has one (for sendfile)."""
 

@@ -188,6 +188,9 @@ class DiskStorage:
     def url(self, key: str) -> str:
         return self.path(key).as_uri()
 
+    def local_root(self) -> Path:
+        return self.root
+
     def local_path(self, key: str) -> Path:
         return self.path(key)
 

@@ -496,6 +496,9 @@ class S3Storage:
     def url(self, key: str) -> str:
         return self.destination.url(key)
 
+    def local_root(self) -> Path:
+        return self.spool.root
+
     def local_path(self, key: str) -> Path | None:
         """The spooled copy, while a recording waits to be shipped."""
         path = self.spool.path(key)
