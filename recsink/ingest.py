@@ -267,7 +267,9 @@ class Ingestor:
             raise
         if record.status in SETTLED:  # stored by a concurrent attempt since the check above
             if claim is not None:
-                await claim.release()
+                # Keep the claim naming the stored object, for the other instances.
+                await (claim.settle(record.storage_key) if record.storage_key
+                       else claim.release())
             return self._duplicate(intake, record, started)
 
         attempt = _Attempt(intake, started, blocks, fmt, record, claim)

@@ -449,3 +449,37 @@ def test_destination_and_gcs_preconditions(moto: MotoServer, bucket: str) -> Non
                for k, v in seen[-1].items()}
     assert headers["x-goog-if-generation-match"] == "0"
     assert "if-none-match" not in headers
+
+
+async def test_a_claim_being_settled_is_not_taken_over(moto: MotoServer, bucket: str,
+                                                       s3: S3Client) -> None:
+    """While a claim's settle write is still on its way, another request of the same
+    instance waits for it and then finds the stored object; it never takes the claim over
+    (which would erase "stored" and let another instance store a second copy)."""
+    from recsink.config import S3Settings
+    from recsink.metrics import Metrics
+    from recsink.storage import Existing
+    from recsink.storage.s3 import S3Storage
+    from recsink.storage.s3client import open_client
+
+    s3.put_object(Bucket=bucket, Key="calls/a.wav", Body=b"stored")
+    settings = S3Settings(url=f"s3://{bucket}/calls", endpoint_url=moto.url,
+                          credentials="testing:testing:us-east-1", claim_wait=10.0)
+    async with open_client(settings) as client:
+        storage = S3Storage(client, settings, Metrics())
+        first = await storage.claims.claim("kazoo:rid:settling")
+        assert not isinstance(first, Existing)
+        put = storage.claims.put
+
+        async def slow_put(*args: Any, **kwargs: Any) -> str:
+            await asyncio.sleep(0.5)  # the settle write is slow to land
+            return await put(*args, **kwargs)
+
+        storage.claims.put = slow_put  # type: ignore[method-assign]
+        settling = asyncio.create_task(first.settle("a.wav"))
+        await asyncio.sleep(0.1)
+        storage.claims.put = put  # type: ignore[method-assign]
+        second = await storage.claims.claim("kazoo:rid:settling")
+        await settling
+    assert isinstance(second, Existing)
+    assert second.key == "a.wav"

@@ -87,21 +87,24 @@ class S3Claim:
                     return
                 log.warning("claim.refresh_failed", error=str(exc))
 
-    async def _stop(self) -> None:
-        self._claims.held.discard(self._object_key)
+    async def _end(self, body: bytes | None) -> None:
+        """Stop refreshing and settle (``body``) or release (None) the claim. The claim
+        counts as held until the write is done (or queued for retry): a request of this
+        instance reading the claim meanwhile must wait, not take it over."""
         self._heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._heartbeat
+        try:
+            if not self.lost:
+                await self._claims.write(self._object_key, self._token, body)
+        finally:
+            self._claims.held.discard(self._object_key)
 
     async def settle(self, key: str) -> None:
-        await self._stop()
-        if not self.lost:
-            await self._claims.write(self._object_key, self._token, self._body("stored", key))
+        await self._end(self._body("stored", key))
 
     async def release(self) -> None:
-        await self._stop()
-        if not self.lost:
-            await self._claims.write(self._object_key, self._token, None)
+        await self._end(None)
 
 
 class Claims:
@@ -165,6 +168,7 @@ class Claims:
         body = self.body(idempotency_key, "uploading", None)
         deadline = time.monotonic() + self.settings.claim_wait
         delay = 0.2
+        retried = False
         while True:
             try:
                 token = await self.put(object_key, body, if_none_match=True)
@@ -172,15 +176,21 @@ class Claims:
             except S3_ERRORS as exc:
                 if not is_conflict(exc):
                     raise as_storage_error(exc, "claim") from exc
+            if object_key in self.pending and not retried:
+                # This instance's settle or release of it failed earlier: finish that first.
+                retried = True
+                await self.write(object_key, *self.pending[object_key])
+                continue
             seen = await self._read(object_key)
             if seen is None:
                 continue  # released meanwhile: try again at once
             if seen.key is not None and (meta := await self.storage.head(seen.key)) is not None:
                 return Existing(seen.key, meta)
-            mine_but_idle = seen.instance == self.instance and object_key not in self.held
+            mine_but_idle = (seen.instance == self.instance and object_key not in self.held
+                             and object_key not in self.pending)
             if seen.state == "stored" or seen.age > self.settings.claim_ttl or mine_but_idle:
                 # Abandoned (its instance stopped refreshing, or it is this instance's and no
-                # upload here holds it: a release that failed) or naming a vanished object.
+                # upload here holds it or has a write pending) or naming a vanished object.
                 try:
                     token = await self.put(object_key, body, if_match=seen.token)
                     logs.get_logger().info("claim.taken_over", idempotency_key=idempotency_key,
