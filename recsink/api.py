@@ -10,7 +10,7 @@ import shutil
 from aiohttp import hdrs, web
 
 from recsink import state
-from recsink.auth import matches_any
+from recsink.auth import bearer_matches
 from recsink.catalog import Status
 from recsink.errors import RecsinkError, bad_request
 from recsink.metrics import CONTENT_TYPE_LATEST
@@ -28,8 +28,7 @@ def _authorize(request: web.Request) -> None:
     auth = request.app[state.AUTH]
     if tokens:
         auth.check_network(request.remote)
-        scheme, _, value = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not matches_any(value.strip(), tokens):
+        if not bearer_matches(authorization, tokens):
             raise RecsinkError(401, "unauthorized", "missing or wrong API token")
         return
     auth.check(request.remote, authorization, [], request.query)
@@ -79,8 +78,7 @@ def _ops_token(request: web.Request) -> None:
     token = request.app[state.SETTINGS].ops.token.get_secret_value()
     if not token:
         return
-    scheme, _, value = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not matches_any(value.strip(), [token]):
+    if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), [token]):
         raise RecsinkError(401, "unauthorized", "missing or wrong ops token")
 
 

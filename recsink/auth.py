@@ -30,6 +30,18 @@ def matches_any(given: str, expected: Sequence[str]) -> bool:
     return found
 
 
+def _credentials(authorization: str | None) -> tuple[str, str]:
+    """An Authorization header as (lower-case scheme, value)."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return scheme.lower(), value.strip()
+
+
+def bearer_matches(authorization: str | None, tokens: Sequence[str]) -> bool:
+    """True when ``authorization`` is ``Bearer <one of tokens>`` (constant-time)."""
+    scheme, value = _credentials(authorization)
+    return scheme == "bearer" and matches_any(value, tokens)
+
+
 class UploadAuth:
     """Checks one request against ``[auth]``."""
 
@@ -77,8 +89,7 @@ class UploadAuth:
 
     def check_credentials(self, authorization: str | None, query: Mapping[str, str]) -> bool:
         """True when the Authorization header or the query token matches a credential."""
-        scheme, _, value = (authorization or "").strip().partition(" ")
-        scheme, value = scheme.lower(), value.strip()
+        scheme, value = _credentials(authorization)
         if scheme == "basic" and self._basic:
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
