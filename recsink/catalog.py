@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
@@ -97,6 +97,12 @@ class Status(enum.StrEnum):
 
 #: A recording in one of these states is settled: a repeat of it is a duplicate.
 SETTLED = frozenset({Status.COMPLETED, Status.DISCARDED})
+
+Queue = Literal["pull", "ship"]
+"""A retry queue kept in the catalog: audio still to pull, or spooled audio still to ship."""
+#: Each queue's (state column, next-attempt column); the only names spliced into its SQL.
+_QUEUE_COLUMNS: dict[str, tuple[str, str]] = {
+    "pull": ("pull_state", "next_pull_at"), "ship": ("ship_state", "next_ship_at")}
 
 #: How far along each status is; events only ever move a recording forward.
 _PROGRESS = {Status.RECORDING: 0, Status.UPLOADING: 1, Status.COMPLETED: 2,
@@ -448,33 +454,20 @@ class Catalog:
         rows = await self._db.execute_fetchall(sql, row)
         return _from_row(next(iter(rows)))
 
-    async def due_pulls(self, now: datetime, limit: int) -> list[Recording]:
-        """Recordings waiting to be pulled whose next attempt is due, oldest first."""
+    async def due(self, queue: Queue, now: datetime, limit: int) -> list[Recording]:
+        """Recordings waiting in ``queue`` ("pull" or "ship") whose next attempt is due
+        (at or before ``now``, UTC), oldest first, at most ``limit``."""
+        state, due_at = _QUEUE_COLUMNS[queue]
         rows = await self._db.execute_fetchall(
-            "SELECT * FROM recordings WHERE pull_state = 'pending' AND next_pull_at <= ? "
-            "ORDER BY next_pull_at LIMIT ?", (iso(now), limit))
+            f"SELECT * FROM recordings WHERE {state} = 'pending' AND {due_at} <= ? "  # noqa: S608
+            f"ORDER BY {due_at} LIMIT ?", (iso(now), limit))
         return [_from_row(r) for r in rows]
 
-    async def pending_pulls(self) -> int:
+    async def pending(self, queue: Queue) -> int:
+        """How many recordings wait in ``queue`` ("pull" or "ship"), due or not."""
+        state, _ = _QUEUE_COLUMNS[queue]
         rows = list(await self._db.execute_fetchall(
-            "SELECT COUNT(*) FROM recordings WHERE pull_state = 'pending'"))
-        return int(rows[0][0])
-
-    async def due_for_shipping(self, now: datetime, limit: int) -> list[Recording]:
-        """Spooled recordings whose next shipping attempt is due, oldest first."""
-        rows = await self._db.execute_fetchall(
-            "SELECT * FROM recordings WHERE ship_state = 'pending' AND next_ship_at <= ? "
-            "ORDER BY next_ship_at LIMIT ?", (iso(now), limit))
-        return [_from_row(r) for r in rows]
-
-    async def next_shipping_time(self) -> datetime | None:
-        rows = list(await self._db.execute_fetchall(
-            "SELECT MIN(next_ship_at) FROM recordings WHERE ship_state = 'pending'"))
-        return _parse_iso(rows[0][0]) if rows else None
-
-    async def pending_shipping(self) -> int:
-        rows = list(await self._db.execute_fetchall(
-            "SELECT COUNT(*) FROM recordings WHERE ship_state = 'pending'"))
+            f"SELECT COUNT(*) FROM recordings WHERE {state} = 'pending'"))  # noqa: S608
         return int(rows[0][0])
 
     async def release_key(self, record_id: str) -> None:

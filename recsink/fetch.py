@@ -92,9 +92,9 @@ class Fetcher:
         try:
             while True:
                 self._wake.clear()
-                self.metrics.pulls_pending.set(await self.catalog.pending_pulls())
+                self.metrics.pulls_pending.set(await self.catalog.pending("pull"))
                 free = self.settings.workers - len(self._running)
-                due = [r for r in await self.catalog.due_pulls(utcnow(), free + len(self._busy))
+                due = [r for r in await self.catalog.due("pull", utcnow(), free + len(self._busy))
                        if r.id not in self._busy][:free] if free > 0 else []
                 for record in due:
                     self._busy.add(record.id)

@@ -47,8 +47,8 @@ class Shipper:
     async def run(self) -> None:
         """Ship due recordings forever (cancel to stop)."""
         while True:
-            self.metrics.spool_pending.set(await self.catalog.pending_shipping())
-            due = await self.catalog.due_for_shipping(utcnow(), BATCH)
+            self.metrics.spool_pending.set(await self.catalog.pending("ship"))
+            due = await self.catalog.due("ship", utcnow(), BATCH)
             for record in due:
                 await self.ship(record)
             if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:
