@@ -476,22 +476,30 @@ def fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
 
 
+def medians(
+    todo: list[Scenario], values: dict[tuple[str, bool, Runner], list[float]],
+    passes: list[tuple[bool, int]],
+) -> Iterator[tuple[Scenario, bool, int, dict[str, float]]]:
+    """(scenario, fsync, repeats, median per runner) for each pass and scenario that every
+    runner has samples for, in table order."""
+    for fsync, repeats in passes:
+        for scenario in todo:
+            vals = {r: values.get((scenario.key, fsync, r), []) for r in RUNNERS}
+            if all(vals.values()):
+                yield scenario, fsync, repeats, {r: statistics.median(v) for r, v in vals.items()}
+
+
 def table(todo: list[Scenario], samples: Samples, passes: list[tuple[bool, int]]) -> list[str]:
     lines = [
         f"| scenario | {RUNNER_TITLES['stock']} | {RUNNER_TITLES['recsink']} "
         "| ratio (recsink / stock) |",
         "|---|---:|---:|---:|",
     ]
-    for fsync, repeats in passes:
-        for scenario in todo:
-            vals = {r: samples.values.get((scenario.key, fsync, r), []) for r in RUNNERS}
-            if not all(vals.values()):
-                continue
-            med = {r: statistics.median(v) for r, v in vals.items()}
-            stat = f"median of {repeats}" if repeats > 1 else "1 run"
-            label = f"{scenario.label}, fsync {'on' if fsync else 'off'} [{scenario.unit}, {stat}]"
-            lines.append(f"| {label} | {fmt(med['stock'])} | {fmt(med['recsink'])} "
-                         f"| {med['recsink'] / med['stock']:.2f} |")
+    for scenario, fsync, repeats, med in medians(todo, samples.values, passes):
+        stat = f"median of {repeats}" if repeats > 1 else "1 run"
+        label = f"{scenario.label}, fsync {'on' if fsync else 'off'} [{scenario.unit}, {stat}]"
+        lines.append(f"| {label} | {fmt(med['stock'])} | {fmt(med['recsink'])} "
+                     f"| {med['recsink'] / med['stock']:.2f} |")
     return lines
 
 
@@ -503,15 +511,10 @@ def cpu_table(todo: list[Scenario], samples: Samples,
         "| scenario | server CPU ms/upload, stock | server CPU ms/upload, recsink | ratio |",
         "|---|---:|---:|---:|",
     ]
-    for fsync, _ in passes:
-        for scenario in todo:
-            vals = {r: samples.server_cpu.get((scenario.key, fsync, r), []) for r in RUNNERS}
-            if not all(vals.values()):
-                continue
-            med = {r: statistics.median(v) for r, v in vals.items()}
-            lines.append(f"| ({scenario.key}) fsync {'on' if fsync else 'off'} "
-                         f"| {med['stock']:.2f} | {med['recsink']:.2f} "
-                         f"| {med['recsink'] / med['stock']:.2f} |")
+    for scenario, fsync, _, med in medians(todo, samples.server_cpu, passes):
+        lines.append(f"| ({scenario.key}) fsync {'on' if fsync else 'off'} "
+                     f"| {med['stock']:.2f} | {med['recsink']:.2f} "
+                     f"| {med['recsink'] / med['stock']:.2f} |")
     return lines
 
 
