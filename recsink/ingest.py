@@ -544,8 +544,6 @@ def _update(sha256: Any, md5: Any, block: bytes) -> None:
         md5.update(block)
 
 
-
-
 def decode_content_md5(value: str | None) -> bytes | None:
     """The 16-byte digest of a ``Content-MD5`` header (base64, RFC 1864). Raises 400."""
     if value is None:

@@ -127,7 +127,6 @@ class RecsinkAppRunner(web.AppRunner):
         return _RecsinkConnections(server, *self._connections)  # type: ignore[return-value]
 
 
-
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     """Listen on ``server.host:server.port`` (and ``ops.listen``) until SIGTERM or SIGINT,
     then drain and stop (module docstring). Logs ``server.listening`` (with the bound port,

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the source modules use these keys: no runtime import back t
     from recsink.sources.laml import LamlVerifier
     from recsink.sources.sinch import SinchVerifier
 
+
 @dataclass
 class Serving:
     """What :func:`recsink.server.serve` tells the app about its listeners: the ops port

@@ -32,6 +32,8 @@ from recsink.storage import Found, NoClaim, StorageError, Stored
 from recsink.storage.keys import variant
 
 STAGING_DIR = ".staging"
+
+
 def _storage_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"{what}: {exc.strerror or exc}", full=exc.errno in (errno.ENOSPC,
                                                                            errno.EDQUOT))
