@@ -60,6 +60,7 @@ from recsink.storage import (
     Staging,
     Storage,
     StorageError,
+    Stored,
 )
 from recsink.storage.keys import render_key
 
@@ -440,11 +441,7 @@ class Ingestor:
                     storage_url=self.storage.url(same.key), error=None)
                 return self._duplicate(intake, record, started, bytes=size)
             try:
-                record = await self.catalog.update(
-                    record.id, status=Status.COMPLETED, storage_key=stored.key,
-                    storage_url=stored.url, error=None,
-                    ship_state="pending" if stored.pending else None,
-                    next_ship_at=utcnow() if stored.pending else None)
+                record = await self.catalog.update(record.id, **_completed(stored))
             except BaseException:
                 # Not acknowledged, so not kept: the PBX's retry stores it afresh.
                 await asyncio.shield(self.storage.delete(stored.key))
@@ -519,16 +516,21 @@ class Ingestor:
                 found = await self.storage.find(record.storage_key)
             if found is not None and (found.size, found.sha256) == (
                     record.byte_size, record.sha256):
-                await self.catalog.update(
-                    record.id, status=Status.COMPLETED, storage_url=found.stored.url,
-                    error=None, ship_state="pending" if found.stored.pending else None,
-                    next_ship_at=utcnow() if found.stored.pending else None)
+                await self.catalog.update(record.id, **_completed(found.stored))
                 completed += 1
             else:
                 await self.catalog.update(
                     record.id, status=Status.FAILED, error="interrupted")
                 failed += 1
         return completed, failed
+
+
+def _completed(stored: Stored) -> dict[str, Any]:
+    """The catalog columns of a record whose object is committed at ``stored``: completed,
+    and queued for the shipper when the object waits in the spool."""
+    return dict(status=Status.COMPLETED, storage_key=stored.key, storage_url=stored.url,
+                error=None, ship_state="pending" if stored.pending else None,
+                next_ship_at=utcnow() if stored.pending else None)
 
 
 def _catalog_error(exc: sqlite3.Error) -> RecsinkError:
