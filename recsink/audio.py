@@ -43,6 +43,16 @@ class Format(enum.StrEnum):
 
 _MEDIA_TYPES = {Format.WAV: "audio/wav", Format.MP3: "audio/mpeg", Format.PROBE: "text/plain"}
 
+
+def media_type_for(extension: str) -> str | None:
+    """The media type of a stored object from its file extension (a :class:`Format` value:
+    ``wav``, ``mp3``, ``txt``), or None for any other extension."""
+    try:
+        return Format(extension).media_type
+    except ValueError:
+        return None
+
+
 #: cb_storage.erl ``Content = <<"some random content: ", Random/binary>>`` (32 hex).
 PROBE_PREFIX = b"some random content: "
 PROBE_MAX_BYTES = 1024

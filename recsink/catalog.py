@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from recsink.audio import media_type_for
+
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
@@ -125,9 +127,6 @@ def _parse_iso(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text) if text else None
     except ValueError:
         return None
-
-
-_MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "txt": "text/plain"}
 
 
 def new_id() -> str:
@@ -252,7 +251,7 @@ class Recording:
             started_at=_parse_iso(meta.get("started-at")),
             stopped_at=_parse_iso(meta.get("stopped-at")),
             duration_ms=number("duration-ms"), byte_size=number("bytes"),
-            media_type=_MEDIA_TYPES.get(fmt), format=fmt, channels=number("channels"),
+            media_type=media_type_for(fmt), format=fmt, channels=number("channels"),
             sample_rate=number("sample-rate"), sha256=meta.get("sha256") or None,
             storage_key=key, storage_url=url)
 

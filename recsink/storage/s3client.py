@@ -28,6 +28,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from recsink.audio import media_type_for
 from recsink.config import S3Settings
 from recsink.storage import StorageError
 
@@ -119,10 +120,9 @@ def as_storage_error(exc: BaseException, what: str) -> StorageError:
 
 def content_type(key: str) -> str:
     """The Content-Type stored with an object, from its extension."""
-    return _CONTENT_TYPES.get(key.rpartition(".")[2], "application/octet-stream")
+    return media_type_for(key.rpartition(".")[2]) or "application/octet-stream"
 
 
-_CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "txt": "text/plain"}
 #: What an S3 call can raise.
 S3_ERRORS = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
 
