@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -226,8 +227,15 @@ class Claims:
                 ContentType="application/json", **kwargs)
         finally:
             gcs_precondition.reset(reset)
-        headers = response["ResponseMetadata"].get("HTTPHeaders", {})
-        return str(headers.get("x-goog-generation")) if gcs else response["ETag"]
+        return self._token(response)
+
+    def _token(self, response: Mapping[str, Any]) -> str:
+        """A PutObject or GetObject response's version token: the ETag, or the generation
+        on Google Cloud Storage."""
+        if self.storage.destination.scheme == "gs":
+            return str(response["ResponseMetadata"].get("HTTPHeaders", {}).get(
+                "x-goog-generation"))
+        return str(response["ETag"])
 
     async def _read(self, object_key: str) -> _Seen | None:
         storage = self.storage
@@ -244,8 +252,7 @@ class Claims:
         now = (parsedate_to_datetime(headers["date"]) if "date" in headers
                else datetime.now(UTC))
         age = (now - response["LastModified"]).total_seconds()
-        token = (str(headers.get("x-goog-generation")) if storage.destination.scheme == "gs"
-                 else response["ETag"])
+        token = self._token(response)
         try:
             claim = json.loads(raw)
         except ValueError:
