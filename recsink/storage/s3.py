@@ -74,6 +74,12 @@ def _md5_hex(buffer: io.BytesIO) -> str:
         return hashlib.md5(view, usedforsecurity=False).hexdigest()
 
 
+def _damaged(etag: str, md5_hex: str) -> bool:
+    """True when S3's ETag (unquoted) for what it stored is an MD5 other than ``md5_hex``,
+    the one of what was sent. (Under SSE-KMS and SSE-C the ETag is opaque, not an MD5.)"""
+    return bool(_MD5_HEX.fullmatch(etag)) and etag != md5_hex
+
+
 def _cut(buffer: io.BytesIO, size: int) -> None:
     """Make ``buffer`` a part body of ``size`` bytes, read from its start."""
     if buffer.getbuffer().nbytes != size:
@@ -240,9 +246,7 @@ class S3Staging:
                     Bucket=storage.destination.bucket, Key=self._object_key,
                     UploadId=self._upload_id or "", PartNumber=number, Body=buffer))
             etag = response["ETag"].strip('"')
-            # A part's ETag is the MD5 of what S3 stored (except under SSE-KMS/SSE-C, whose
-            # ETags are opaque): a mismatch means the part was damaged on the way.
-            if _MD5_HEX.fullmatch(etag) and etag != digest:
+            if _damaged(etag, digest):
                 raise StorageError(f"S3 stored part {number} with MD5 {etag}, sent {digest}")
             self._etags[number] = response["ETag"]
         except BaseException as exc:
@@ -286,12 +290,14 @@ class S3Staging:
             if self._upload_id is None:
                 body = self._buffer if self._buffer is not None else io.BytesIO()
                 _cut(body, self._fill)
-                response = await storage.client.put_object(
-                    Bucket=storage.destination.bucket, Key=self._object_key, Body=body,
-                    Metadata=full_meta, ContentType=content_type(self.key), IfNoneMatch="*",
-                    **storage.write_options())
+                digest, response = await asyncio.gather(
+                    asyncio.to_thread(_md5_hex, body),
+                    storage.client.put_object(
+                        Bucket=storage.destination.bucket, Key=self._object_key, Body=body,
+                        Metadata=full_meta, ContentType=content_type(self.key),
+                        IfNoneMatch="*", **storage.write_options()))
                 etag = response["ETag"].strip('"')
-                if _MD5_HEX.fullmatch(etag) and etag != _md5_hex(body):
+                if _damaged(etag, digest):
                     await storage.delete(self.key)
                     raise StorageError(f"S3 stored {self._object_key} with MD5 {etag}; "
                                        "it was damaged on the way")
