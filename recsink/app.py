@@ -87,10 +87,10 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
             recovered_completed=completed, recovered_failed=failed)
         if settings.storage.backend == "s3":
             shipping = asyncio.create_task(Shipper(s3, catalog, metrics).run())
-            stack.push_async_callback(_stop, shipping)
+            stack.push_async_callback(cancel_and_wait, shipping)
         http = await stack.enter_async_context(aiohttp.ClientSession())
         fetcher = Fetcher(settings.fetch, ingestor, catalog, metrics, http, stack)
-        stack.push_async_callback(_stop, asyncio.create_task(fetcher.run()))
+        stack.push_async_callback(cancel_and_wait, asyncio.create_task(fetcher.run()))
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
         app[state.INGESTOR] = ingestor
@@ -98,7 +98,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel a background task and wait until it has stopped."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

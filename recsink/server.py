@@ -23,7 +23,6 @@ catalog's writes are already durable) and the process exits 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Any
 
@@ -33,7 +32,7 @@ from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler
 from aiohttp.web_server import Server
 
 from recsink import logs, state
-from recsink.app import create_app
+from recsink.app import cancel_and_wait, create_app
 from recsink.config import Settings
 from recsink.notify import Notifier
 
@@ -174,7 +173,5 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
         log.info("server.drained", uploads_cut_off=left)
     finally:
         await runner.cleanup()
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        await cancel_and_wait(watchdog)
     log.info("server.stopped")
