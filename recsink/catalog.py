@@ -129,6 +129,12 @@ def _parse_iso(text: str | None) -> datetime | None:
         return None
 
 
+def whole_number(text: str | None) -> int | None:
+    """A count sent as text (a platform's form field, an object's metadata) as an int:
+    None unless it is all decimal digits."""
+    return int(text) if text and text.isdecimal() else None
+
+
 def new_id() -> str:
     """recsink's own id for a record: ``rec_`` + 20 random hex digits."""
     return "rec_" + secrets.token_hex(10)
@@ -235,8 +241,7 @@ class Recording:
         ``x-amz-meta-*``, plus ``bytes``, its size)."""
 
         def number(name: str) -> int | None:
-            value = meta.get(name)
-            return int(value) if value and value.isdigit() else None
+            return whole_number(meta.get(name))
 
         fmt = meta.get("format") or key.rpartition(".")[2]
         return cls(

@@ -242,6 +242,20 @@ def test_signalwire_statuses_map_and_never_go_back(
         "recordings"]) == 3
 
 
+def test_signalwire_counts_that_are_not_decimal_are_left_unknown(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A signed callback whose RecordingDuration / RecordingChannels are not decimal digits
+    ("²" passes str.isdigit but not int()) is stored with those facts unknown, not a 500."""
+    server = start_server(**laml_config(T2))
+    params = [(k, "\u00b2" if k in ("RecordingDuration", "RecordingChannels") else v)
+              for k, v in T2["params"]]
+    sig = laml_signature(T2["key"], T2["base"] + T2["target"], params)
+    assert exchange(server.port, laml_request({**T2, "params": params}, sig)).status == 200
+    found = api_get(server, f"/v1/recordings/{SID}")
+    assert (found["status"], found["duration_ms"], found["channels"]) == ("completed", None, None)
+
+
 def test_sinch_events_track_status_and_ignore_unknown_types(
     start_server: Callable[..., RunningServer],
 ) -> None:

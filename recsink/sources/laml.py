@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from recsink import logs, state
-from recsink.catalog import Recording, Status, new_id, utcnow
+from recsink.catalog import Recording, Status, new_id, utcnow, whole_number
 from recsink.config import LamlSettings
 from recsink.errors import RecsinkError
 
@@ -126,11 +126,7 @@ async def callback(request: web.Request) -> web.Response:
 
 
 def _record(fields: dict[str, str], sid: str, status: Status) -> Recording:
-    def number(name: str) -> int | None:
-        value = fields.get(name, "")
-        return int(value) if value.isdigit() else None
-
-    seconds = number("RecordingDuration")
+    seconds = whole_number(fields.get("RecordingDuration"))
     # RecordingUrl opens the media without authentication (§B.5): kept out of the metadata
     # that the API serves; it lives in pull_url or storage_url only.
     metadata = {k: v for k, v in fields.items() if k != "RecordingUrl"}
@@ -139,7 +135,7 @@ def _record(fields: dict[str, str], sid: str, status: Status) -> Recording:
         idempotency_key=f"{SOURCE}:rid:{sid}", recording_id=sid,
         call_id=fields.get("CallSid") or None, account_id=fields.get("AccountSid") or None,
         duration_ms=seconds * 1000 if seconds is not None else None,
-        channels=number("RecordingChannels"), metadata=metadata)
+        channels=whole_number(fields.get("RecordingChannels")), metadata=metadata)
 
 
 def add_routes(app: web.Application, path: str) -> None:
