@@ -30,15 +30,15 @@ def matches_any(given: str, expected: Sequence[str]) -> bool:
     return found
 
 
-def _credentials(authorization: str | None) -> tuple[str, str]:
-    """An Authorization header as (lower-case scheme, value)."""
+def parse_authorization(authorization: str | None) -> tuple[str, str]:
+    """An ``Authorization`` header as (lower-case scheme, value); ("", "") when absent."""
     scheme, _, value = (authorization or "").strip().partition(" ")
     return scheme.lower(), value.strip()
 
 
 def bearer_matches(authorization: str | None, tokens: Sequence[str]) -> bool:
     """True when ``authorization`` is ``Bearer <one of tokens>`` (constant-time)."""
-    scheme, value = _credentials(authorization)
+    scheme, value = parse_authorization(authorization)
     return scheme == "bearer" and matches_any(value, tokens)
 
 
@@ -89,7 +89,7 @@ class UploadAuth:
 
     def check_credentials(self, authorization: str | None, query: Mapping[str, str]) -> bool:
         """True when the Authorization header or the query token matches a credential."""
-        scheme, value = _credentials(authorization)
+        scheme, value = parse_authorization(authorization)
         if scheme == "basic" and self._basic:
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")

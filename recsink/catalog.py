@@ -221,6 +221,12 @@ class Recording:
                 "next_attempt_at": iso(self.next_pull_at), "error": self.pull_error},
         }
 
+    def queue_pull(self, url: str) -> None:
+        """Mark the recording as one recsink copies from ``url`` (:mod:`recsink.fetch`):
+        ``uploading`` until the copy is stored, first attempt due now."""
+        self.status = Status.UPLOADING
+        self.pull_url, self.pull_state, self.next_pull_at = url, "pending", utcnow()
+
     def object_metadata(self) -> dict[str, Any]:
         """What a stored object carries about its recording (``x-amz-meta-*``); enough for
         :meth:`from_object_metadata` to rebuild the record (``recsink reindex``)."""

@@ -112,9 +112,7 @@ async def callback(request: web.Request) -> web.Response:
     recording_url = fields.get("RecordingUrl", "")
     if status is Status.COMPLETED and recording_url:
         if settings.pull:
-            record.status = Status.UPLOADING
-            record.pull_url = f"{recording_url}.{settings.pull_format}"
-            record.pull_state, record.next_pull_at = "pending", utcnow()
+            record.queue_pull(f"{recording_url}.{settings.pull_format}")
         else:
             record.storage_url = recording_url
     record = await request.app[state.CATALOG].transition(record)

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from recsink import logs, state
+from recsink.auth import parse_authorization
 from recsink.catalog import Recording, Status, new_id, utcnow
 from recsink.config import SinchApplication, SinchSettings
 from recsink.errors import RecsinkError, bad_request
@@ -67,9 +68,9 @@ class SinchVerifier:
                now: datetime | None = None) -> str:
         """Return the application key that signed the request. Raises 401 ``bad_signature``
         naming what was wrong (never a secret)."""
-        scheme, _, credentials = headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
-        key, _, given = credentials.strip().partition(":")
-        if scheme.lower() not in SCHEMES or not key or not given:
+        scheme, credentials = parse_authorization(headers.get(hdrs.AUTHORIZATION))
+        key, _, given = credentials.partition(":")
+        if scheme not in SCHEMES or not key or not given:
             raise _refused("missing or malformed Authorization (application <key>:<sig>)")
         application = self._applications.get(key)
         if application is None:
@@ -158,11 +159,10 @@ async def _apply(request: web.Request, event: dict[str, Any], kind: str, call_id
     key = (recording_key(call_id) if first is None or first_destination in (None, destination)
            else recording_key(call_id, destination))
     pull = request.app[state.SETTINGS].sinch.pull
-    record = _record(key, call_id, Status.UPLOADING if pull else Status.COMPLETED,
-                     {**metadata, "destination": destination})
+    record = _record(key, call_id, Status.COMPLETED, {**metadata, "destination": destination})
     record.name = destination.rstrip("/").rpartition("/")[2] or None
     if pull:
-        record.pull_url, record.pull_state, record.next_pull_at = destination, "pending", utcnow()
+        record.queue_pull(destination)
     else:
         record.storage_url = destination
     record = await catalog.transition(record)
