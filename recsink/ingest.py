@@ -437,8 +437,7 @@ class Ingestor:
                 assert attempt.claim is not None
                 await attempt.claim.settle(same.key)
                 record = await self.catalog.update(
-                    record.id, status=Status.COMPLETED, storage_key=same.key,
-                    storage_url=self.storage.url(same.key), error=None)
+                    record.id, **_completed(Stored(same.key, self.storage.url(same.key))))
                 return self._duplicate(intake, record, started, bytes=size)
             try:
                 record = await self.catalog.update(record.id, **_completed(stored))
