@@ -23,7 +23,7 @@ from tests.s3support import (
     s3_client,
 )
 
-# The fixtures (moto, s3, bucket, s3_proxy); redundant once tests/conftest.py imports them.
+# The fixtures moto, s3, bucket and s3_proxy come from tests/s3_fixtures.py via conftest.py.
 
 MiB = 1 << 20
 
