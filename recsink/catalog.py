@@ -7,18 +7,24 @@ Idempotency keys are unique (``UNIQUE`` index), so at most one row, and so one s
 exists per key. A key is ``<source>:rid:<sender's recording id>`` when the sender names the
 recording, else ``<source>:sha:<call_id>:<sha256 of the body>``, set when the body is complete.
 
-Every write is its own transaction in WAL mode with ``synchronous=FULL``: once a method
-returns, the change survives a crash. One connection serializes all access (aiosqlite runs it
-in one thread).
+Durability: WAL mode with ``synchronous=FULL``; once a write method returns, its change is
+committed and survives a crash. Writes are group-committed: every write waiting while the
+previous transaction commits goes into the next one, so N concurrent writers cost one WAL
+fsync, not N (each write still succeeds or fails on its own). Reads go through a second,
+read-only connection and see committed data only, without queueing behind a commit. aiosqlite
+runs each connection in its own thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import json
 import secrets
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -267,8 +273,14 @@ class Recording:
             storage_key=key, storage_url=url)
 
 
+_FIELDS = tuple(f.name for f in fields(Recording))
 _TIMES = {"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at",
           "next_pull_at"}
+
+
+def _columns(record: Recording) -> dict[str, Any]:
+    """Every field of ``record`` as a row (without ``dataclasses.asdict``'s deep copies)."""
+    return _to_row({name: getattr(record, name) for name in _FIELDS})
 
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,15 +305,75 @@ def _from_row(row: aiosqlite.Row) -> Recording:
     return Recording(**values)
 
 
+_SETTLED_SQL = ", ".join(f"'{s.value}'" for s in SETTLED)
+_ALL_COLUMNS = ", ".join(_FIELDS)
+_ALL_MARKS = ", ".join(f":{c}" for c in _FIELDS)
+_INSERT = f"INSERT INTO recordings ({_ALL_COLUMNS}) VALUES ({_ALL_MARKS})"  # noqa: S608
+
+
+def _rank(column: str) -> str:
+    progress = " ".join(f"WHEN '{s.value}' THEN {n}" for s, n in _PROGRESS.items())
+    return f"(CASE {column} {progress} END)"
+
+
+#: begin(): a new row, or a further attempt on the unsettled row of the same key.
+_BEGIN_KEYED = f"""{_INSERT}
+    ON CONFLICT (idempotency_key) DO UPDATE SET
+        attempts = attempts + (status NOT IN ({_SETTLED_SQL})),
+        error = CASE WHEN status IN ({_SETTLED_SQL}) THEN error ELSE NULL END,
+        updated_at = CASE WHEN status IN ({_SETTLED_SQL}) THEN updated_at
+                          ELSE excluded.updated_at END,
+        status = CASE WHEN status IN ({_SETTLED_SQL}) THEN status ELSE excluded.status END
+    RETURNING *"""
+
+#: adopt(): a found object's record; a settled row keeps every column.
+_ADOPT_KEEPS = ("id", "idempotency_key", "received_at", "attempts", "metadata", "status")
+_ADOPT_SET = ", ".join(
+    f"{c} = CASE WHEN status IN ({_SETTLED_SQL}) THEN {c} ELSE excluded.{c} END"
+    for c in _FIELDS if c not in _ADOPT_KEEPS)
+_ADOPT_TAIL = (f" DO UPDATE SET {_ADOPT_SET}, status = CASE WHEN status IN ({_SETTLED_SQL}) "
+               f"THEN status ELSE excluded.status END RETURNING *")
+
+#: transition(): insert, or move forward and fill what the row does not have yet.
+_FORWARD = f"{_rank('excluded.status')} > {_rank('status')}"
+_TRANSITION_FILL = ", ".join(f"{c} = COALESCE({c}, excluded.{c})" for c in _FIELDS if c not in (
+    "id", "idempotency_key", "status", "metadata", "received_at", "updated_at", "attempts",
+    "ship_attempts", "pull_attempts", "pull_state", "pull_url", "next_pull_at"))
+_TRANSITION = (
+    f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_TRANSITION_FILL}, "
+    f"metadata = json_patch(metadata, excluded.metadata), "
+    f"pull_url = COALESCE(pull_url, excluded.pull_url), "
+    f"pull_state = COALESCE(pull_state, excluded.pull_state), "
+    f"next_pull_at = COALESCE(next_pull_at, excluded.next_pull_at), "
+    f"updated_at = CASE WHEN {_FORWARD} THEN excluded.updated_at ELSE updated_at END, "
+    f"status = CASE WHEN {_FORWARD} THEN excluded.status ELSE status END "
+    f"RETURNING *")
+
+_Rows = Iterable[sqlite3.Row]
+
+
+@dataclass
+class _Write:
+    """One write statement waiting for the next group commit."""
+
+    sql: str
+    args: Mapping[str, Any] | tuple[Any, ...]
+    done: asyncio.Future[_Rows]
+
+
 class Catalog:
     """Async access to the recordings table. Use :meth:`open`, then :meth:`close`."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        #: The writer connection; every write goes through :meth:`_write`.
         self._db = db
+        self._reader = reader
+        self._queue: list[_Write] = []
+        self._committer: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Catalog:
-        """Open (creating if needed) the catalog at ``path``."""
+        """Open (creating if needed) the catalog at ``path``. Raises ``sqlite3.Error``."""
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
@@ -315,14 +387,23 @@ class Catalog:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             await db.executescript(
                 f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;")
-        return cls(db)
+        reader = await aiosqlite.connect(path, isolation_level=None)
+        reader.row_factory = aiosqlite.Row
+        await reader.execute("PRAGMA query_only=1")
+        await reader.execute("PRAGMA busy_timeout=5000")
+        return cls(db, reader)
 
     async def close(self) -> None:
+        """Finish the writes already submitted, then close both connections."""
+        if self._committer is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._committer)
+        await self._reader.close()
         await self._db.close()
 
     async def ping(self) -> None:
         """Raise unless the catalog answers a query."""
-        await self._db.execute_fetchall("SELECT 1")
+        await self._reader.execute_fetchall("SELECT 1")
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -361,14 +442,34 @@ class Catalog:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY received_at DESC LIMIT ?"
-        rows = await self._db.execute_fetchall(sql, (*args, limit))
+        rows = await self._reader.execute_fetchall(sql, (*args, limit))
         return [_from_row(r) for r in rows]
 
     async def interrupted(self) -> list[Recording]:
         """Records left ``uploading`` by a process that stopped (call before serving)."""
-        rows = await self._db.execute_fetchall(
+        rows = await self._reader.execute_fetchall(
             "SELECT * FROM recordings WHERE status = ?", (Status.UPLOADING.value,))
         return [_from_row(r) for r in rows]
+
+    async def due(self, queue: Queue, now: datetime, limit: int) -> list[Recording]:
+        """Recordings waiting in ``queue`` ("pull" or "ship") whose next attempt is due
+        (at or before ``now``, UTC), oldest first, at most ``limit``."""
+        state, due_at = _QUEUE_COLUMNS[queue]
+        rows = await self._reader.execute_fetchall(
+            f"SELECT * FROM recordings WHERE {state} = 'pending' AND {due_at} <= ? "  # noqa: S608
+            f"ORDER BY {due_at} LIMIT ?", (iso(now), limit))
+        return [_from_row(r) for r in rows]
+
+    async def pending(self, queue: Queue) -> int:
+        """How many recordings wait in ``queue`` ("pull" or "ship"), due or not."""
+        state, _ = _QUEUE_COLUMNS[queue]
+        rows = list(await self._reader.execute_fetchall(
+            f"SELECT COUNT(*) FROM recordings WHERE {state} = 'pending'"))  # noqa: S608
+        return int(rows[0][0])
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> Recording | None:
+        rows = list(await self._reader.execute_fetchall(sql, args))
+        return _from_row(rows[0]) if rows else None
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -380,57 +481,42 @@ class Catalog:
         which means the upload is a duplicate; otherwise it goes back to ``uploading`` with
         one more attempt counted.
         """
-        row = _to_row(asdict(record))
+        row = _columns(record)
         row["updated_at"] = row["received_at"]
-        columns = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
-        settled = ", ".join(f"'{s.value}'" for s in SETTLED)
-        sql = f"INSERT INTO recordings ({columns}) VALUES ({marks})"  # noqa: S608
-        if record.idempotency_key is not None:
-            sql += f"""
-                ON CONFLICT (idempotency_key) DO UPDATE SET
-                    attempts = attempts + (status NOT IN ({settled})),
-                    error = CASE WHEN status IN ({settled}) THEN error ELSE NULL END,
-                    updated_at = CASE WHEN status IN ({settled}) THEN updated_at
-                                      ELSE excluded.updated_at END,
-                    status = CASE WHEN status IN ({settled}) THEN status
-                                  ELSE excluded.status END"""
-        sql += " RETURNING *"
-        rows = await self._db.execute_fetchall(sql, row)
-        return _from_row(next(iter(rows)))
+        sql = _BEGIN_KEYED if record.idempotency_key is not None else _INSERT + " RETURNING *"
+        return _from_row(next(iter(await self._write(sql, row))))
+
+    async def insert(self, record: Recording) -> Recording | None:
+        """Insert ``record`` unless a record with its idempotency key exists; the new row,
+        or None (the existing record is left as it is)."""
+        row = _columns(record)
+        row["updated_at"] = row["received_at"]
+        rows = list(await self._write(
+            f"{_INSERT} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", row))
+        return _from_row(rows[0]) if rows else None
 
     async def update(self, record_id: str, **values: Any) -> Recording:
-        """Set columns of one record (``updated_at`` too) and return the record."""
+        """Set columns of one record (``updated_at`` too) and return the record. Raises
+        ``KeyError`` when there is no such record."""
         values["updated_at"] = utcnow()
         row = _to_row(values)
         assigns = ", ".join(f"{c} = :{c}" for c in row)
-        rows = await self._db.execute_fetchall(
+        rows = list(await self._write(
             f"UPDATE recordings SET {assigns} WHERE id = :_id RETURNING *",  # noqa: S608
-            {**row, "_id": record_id})
+            {**row, "_id": record_id}))
         if not rows:
             raise KeyError(record_id)
-        return _from_row(next(iter(rows)))
+        return _from_row(rows[0])
 
     async def adopt(self, record: Recording) -> Recording:
         """Record a recording found already stored (by another instance, or by
         ``recsink reindex``): insert it, or settle the unsettled row of its idempotency key.
         A settled row is left as it is. Returns the row."""
-        row = _to_row(asdict(record))
+        row = _columns(record)
         row["updated_at"] = iso(utcnow())
-        columns = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
-        stored = [c for c in row if c not in ("id", "idempotency_key", "received_at",
-                                              "attempts", "metadata")]
-        settled = ", ".join(f"'{s.value}'" for s in SETTLED)
-        updates = ", ".join(
-            f"{c} = CASE WHEN status IN ({settled}) THEN {c} ELSE excluded.{c} END"
-            for c in stored if c != "status")
-        sql = (f"INSERT INTO recordings ({columns}) VALUES ({marks}) "  # noqa: S608
-               f"ON CONFLICT ({'idempotency_key' if record.idempotency_key else 'id'}) "
-               f"DO UPDATE SET {updates}, status = CASE WHEN status IN ({settled}) "
-               f"THEN status ELSE excluded.status END RETURNING *")
-        rows = await self._db.execute_fetchall(sql, row)
-        return _from_row(next(iter(rows)))
+        conflict = "idempotency_key" if record.idempotency_key else "id"
+        sql = f"{_INSERT} ON CONFLICT ({conflict}){_ADOPT_TAIL}"
+        return _from_row(next(iter(await self._write(sql, row))))
 
     async def transition(self, record: Recording) -> Recording:
         """Apply a platform's status event for ``record.idempotency_key``: insert the record,
@@ -438,57 +524,82 @@ class Catalog:
         changes nothing), filling fields it does not have yet and merging metadata.
         Returns the record as it now is."""
         assert record.idempotency_key is not None
-        row = _to_row(asdict(record))
+        row = _columns(record)
         row["updated_at"] = row["received_at"]
-        columns = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
-        progress = " ".join(f"WHEN '{s.value}' THEN {n}" for s, n in _PROGRESS.items())
-
-        def rank(column: str) -> str:
-            return f"(CASE {column} {progress} END)"
-
-        forward = f"{rank('excluded.status')} > {rank('status')}"
-        fill = ", ".join(f"{c} = COALESCE({c}, excluded.{c})" for c in row if c not in (
-            "id", "idempotency_key", "status", "metadata", "received_at", "updated_at",
-            "attempts", "ship_attempts", "pull_attempts", "pull_state", "pull_url",
-            "next_pull_at"))
-        sql = (f"INSERT INTO recordings ({columns}) VALUES ({marks}) "  # noqa: S608
-               f"ON CONFLICT (idempotency_key) DO UPDATE SET {fill}, "
-               f"metadata = json_patch(metadata, excluded.metadata), "
-               f"pull_url = COALESCE(pull_url, excluded.pull_url), "
-               f"pull_state = COALESCE(pull_state, excluded.pull_state), "
-               f"next_pull_at = COALESCE(next_pull_at, excluded.next_pull_at), "
-               f"updated_at = CASE WHEN {forward} THEN excluded.updated_at ELSE updated_at END, "
-               f"status = CASE WHEN {forward} THEN excluded.status ELSE status END "
-               f"RETURNING *")
-        rows = await self._db.execute_fetchall(sql, row)
-        return _from_row(next(iter(rows)))
-
-    async def due(self, queue: Queue, now: datetime, limit: int) -> list[Recording]:
-        """Recordings waiting in ``queue`` ("pull" or "ship") whose next attempt is due
-        (at or before ``now``, UTC), oldest first, at most ``limit``."""
-        state, due_at = _QUEUE_COLUMNS[queue]
-        rows = await self._db.execute_fetchall(
-            f"SELECT * FROM recordings WHERE {state} = 'pending' AND {due_at} <= ? "  # noqa: S608
-            f"ORDER BY {due_at} LIMIT ?", (iso(now), limit))
-        return [_from_row(r) for r in rows]
-
-    async def pending(self, queue: Queue) -> int:
-        """How many recordings wait in ``queue`` ("pull" or "ship"), due or not."""
-        state, _ = _QUEUE_COLUMNS[queue]
-        rows = list(await self._db.execute_fetchall(
-            f"SELECT COUNT(*) FROM recordings WHERE {state} = 'pending'"))  # noqa: S608
-        return int(rows[0][0])
+        return _from_row(next(iter(await self._write(_TRANSITION, row))))
 
     async def release_key(self, record_id: str) -> None:
         """Take the idempotency key off an unsettled record, so another attempt may use it."""
-        await self._db.execute(
+        await self._write(
             "UPDATE recordings SET idempotency_key = NULL WHERE id = ?", (record_id,))
 
     async def delete(self, record_id: str) -> None:
-        await self._db.execute("DELETE FROM recordings WHERE id = ?", (record_id,))
+        await self._write("DELETE FROM recordings WHERE id = ?", (record_id,))
 
-    async def _one(self, sql: str, args: tuple[Any, ...]) -> Recording | None:
-        rows = list(await self._db.execute_fetchall(sql, args))
-        return _from_row(rows[0]) if rows else None
+    async def _write(self, sql: str, args: Mapping[str, Any] | tuple[Any, ...]) -> _Rows:
+        """Run one write statement in the next group commit; its rows once committed.
+        Raises ``sqlite3.Error`` when the statement or its commit fails (nothing of it
+        is then kept)."""
+        write = _Write(sql, args, asyncio.get_running_loop().create_future())
+        self._queue.append(write)
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await write.done
 
+    async def _commit_queued(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._commit(batch)
+                except BaseException as exc:
+                    for write in batch:
+                        _resolve(write.done, error=exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._committer = None
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        """One transaction for ``batch``; each write's future gets its rows after the
+        commit, or the error of its own statement (a failed statement undoes only itself),
+        or the commit's error."""
+        db = self._db
+        if len(batch) == 1:  # autocommit: no BEGIN/COMMIT round trips
+            write = batch[0]
+            _resolve(write.done, await db.execute_fetchall(write.sql, write.args))
+            return
+        await db.execute("BEGIN IMMEDIATE")
+        ran: list[tuple[_Write, _Rows]] = []
+        for write in batch:
+            try:
+                rows = await db.execute_fetchall(write.sql, write.args)
+            except sqlite3.Error as exc:
+                if not db.in_transaction:  # the error rolled back the writes before it too
+                    for earlier, _ in ran:
+                        _resolve(earlier.done, error=exc)
+                    ran = []
+                    await db.execute("BEGIN IMMEDIATE")
+                _resolve(write.done, error=exc)
+                continue
+            ran.append((write, rows))
+        try:
+            await db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
+        for write, rows in ran:
+            _resolve(write.done, rows)
+
+
+def _resolve(
+    done: asyncio.Future[_Rows], rows: _Rows = (), error: BaseException | None = None
+) -> None:
+    """Hand a write its rows or its error, unless its caller stopped waiting."""
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(rows)

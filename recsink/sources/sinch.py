@@ -147,14 +147,15 @@ async def callback(request: web.Request) -> web.Response:
 async def _apply(request: web.Request, event: dict[str, Any], kind: str, call_id: str,
                  destination: str | None) -> Recording:
     catalog = request.app[state.CATALOG]
-    first = await catalog.by_key(recording_key(call_id))
     metadata = {k: v for k, v in event.items() if isinstance(v, str | int | float | bool)}
     if kind == "recording_finished":
         # A repeated or late finish changes nothing once the call has a recording.
-        return first or await catalog.transition(
-            _record(recording_key(call_id), call_id, Status.UPLOADING, metadata))
+        finished = _record(recording_key(call_id), call_id, Status.UPLOADING, metadata)
+        return (await catalog.insert(finished) or await catalog.by_key(recording_key(call_id))
+                or await catalog.transition(finished))
 
     assert destination is not None
+    first = await catalog.by_key(recording_key(call_id))
     first_destination = first.metadata.get("destination") if first else None
     key = (recording_key(call_id) if first is None or first_destination in (None, destination)
            else recording_key(call_id, destination))
