@@ -95,6 +95,10 @@ class PartBody:
                 raise bad_request(
                     "bad_multipart", f"the multipart body is truncated or malformed: {exc}",
                 ) from None
+            if not data and not self._part.at_eof():
+                # aiohttp answers b"" before it sees that the stream ended without the
+                # part's boundary; asking again raises (above) instead of ending quietly.
+                continue
             if self._base64 is None and data:
                 self._base64 = _looks_base64(data)
             if not self._base64:

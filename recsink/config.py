@@ -73,8 +73,9 @@ class ServerSettings(_Section):
     keepalive_timeout: float = Field(75.0, gt=0)
     #: Uploads received at once; beyond, 503 with Retry-After (the PBX retries).
     max_uploads: int = Field(256, ge=1)
-    #: Bytes aiohttp buffers per connection before it stops reading the socket.
-    read_bufsize: int = Field(256 * KiB, ge=16 * KiB, le=16 * MiB)
+    #: Bytes read from a connection's socket at a time; aiohttp stops reading a connection
+    #: that has twice this buffered, so each connection holds at most about 3x this.
+    read_bufsize: int = Field(64 * KiB, ge=16 * KiB, le=16 * MiB)
     #: Seconds in-flight requests get to finish after SIGTERM/SIGINT; the rest are aborted
     #: (nothing partial is kept; the PBX retries them).
     drain_timeout: float = Field(30.0, ge=0)
@@ -250,8 +251,13 @@ class IngestSettings(_Section):
     #: Content-Length before reading and again while streaming. 3 h of 16 kHz stereo WAV
     #: is about 700 MB.
     max_bytes: int = Field(1 * GiB, ge=1)
-    #: Bytes handed to hashing and storage at a time.
-    chunk_size: int = Field(1 * MiB, ge=64 * KiB, le=64 * MiB)
+    #: Bytes handed to hashing and storage at a time (a block), at most. A multiple of
+    #: 64 KiB.
+    chunk_size: int = Field(1 * MiB, ge=64 * KiB, le=64 * MiB, multiple_of=64 * KiB)
+    #: Memory for the blocks of all uploads streaming at once, bytes. An upload's block is
+    #: ``chunk_size``, or less when many uploads stream at once: its share of this, or what
+    #: is left of it (64 KiB at least).
+    buffer_bytes: int = Field(16 * MiB, ge=1 * MiB)
     #: Recording formats accepted (sniffed from the bytes, not from Content-Type).
     formats: list[Literal["wav", "mp3"]] = ["wav", "mp3"]
     #: Recordings shorter than this are discarded on purpose (status ``discarded``,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import mmap
 import sqlite3
 import time
 from collections import Counter
@@ -34,6 +35,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 from recsink import logs
@@ -63,6 +65,9 @@ from recsink.storage import (
     Stored,
 )
 from recsink.storage.keys import render_key
+
+#: Blocks are multiples of this many bytes (and so of any O_DIRECT alignment).
+MIN_BLOCK = 64 * 1024
 
 
 class Body(Protocol):
@@ -150,29 +155,36 @@ class KeyedLocks:
 
 
 class _Blocks:
-    """Reads a :class:`Body` in blocks of a wanted size, counting every byte read."""
+    """Reads a :class:`Body` into blocks, counting every byte read."""
 
     def __init__(self, body: Body) -> None:
         self._body = body
+        self._over = b""  # read past the end of the last block filled
         self.total = 0
 
     async def read(self, n: int) -> bytes:
         """``n`` bytes, fewer only at the end of the body."""
-        if n <= 0:
-            return b""
-        first = await self._body.read(n)
-        self.total += len(first)
-        if len(first) >= n or not first:
-            return first
-        parts, got = [first], len(first)
-        while got < n:
-            data = await self._body.read(n - got)
-            if not data:
-                break
-            self.total += len(data)
-            parts.append(data)
-            got += len(data)
-        return b"".join(parts)
+        buffer = bytearray(n)
+        return bytes(buffer[:await self.fill(memoryview(buffer))])
+
+    async def fill(self, view: memoryview) -> int:
+        """Fill ``view`` from the body; the bytes filled, fewer than ``len(view)`` only at
+        the end of the body."""
+        got, room = 0, len(view)
+        while got < room:
+            if self._over:
+                data, self._over = self._over, b""
+            else:
+                data = await self._body.read(room - got)
+                if not data:
+                    break
+                self.total += len(data)
+            n = min(len(data), room - got)
+            view[got:got + n] = memoryview(data)[:n]
+            if n < len(data):  # a body may return a little more than asked
+                self._over = data[n:]
+            got += n
+        return got
 
 
 @dataclass
@@ -188,13 +200,7 @@ class _Attempt:
     staging: Staging | None = None
     sha256: str = ""
     head: bytes = b""  # the body's first EDGE_BYTES, for probe_parts
-    last_blocks: tuple[bytes, bytes] = (b"", b"")  # the body's last two blocks (references)
-
-    @property
-    def tail(self) -> bytes:
-        """The body's last EDGE_BYTES, for probe_parts."""
-        previous, last = self.last_blocks
-        return (last if len(last) >= EDGE_BYTES else previous + last)[-EDGE_BYTES:]
+    tail: bytes = b""  # the body's last EDGE_BYTES, for probe_parts
 
     async def drop(self) -> None:
         """Throw the staged bytes away and give up the claim (never raises)."""
@@ -225,6 +231,8 @@ class Ingestor:
         # Attempts running per record id: a record shared by concurrent attempts (same
         # recording id) is only marked failed when the last of them fails.
         self._running: Counter[str] = Counter()
+        self._streaming = 0  # uploads between their first and last block
+        self._block_bytes = 0  # their blocks, bytes
         self._log = logs.get_logger()
 
     def check_length(self, declared: int | None) -> None:
@@ -354,26 +362,56 @@ class Ingestor:
             from_uri=intake.from_uri, to_uri=intake.to_uri, started_at=intake.started_at,
             duration_ms=intake.duration_ms, name=intake.name, metadata=metadata)
 
+    def block_size(self) -> int:
+        """Bytes per block for an upload starting now: ``ingest.chunk_size``, or its share
+        of ``ingest.buffer_bytes`` among the uploads streaming, or what is left of that
+        budget, whichever is least; a multiple of :data:`MIN_BLOCK`, at least that (so
+        memory passes the budget by at most MIN_BLOCK per upload)."""
+        budget = self.settings.buffer_bytes
+        size = min(self.settings.chunk_size, budget // (self._streaming + 1),
+                   budget - self._block_bytes)
+        return max(MIN_BLOCK, size // MIN_BLOCK * MIN_BLOCK)
+
     async def _stream(self, attempt: _Attempt, head: bytes) -> None:
-        """Body → (sha256, MD5) and staging, ``chunk_size`` bytes at a time; keeps the
-        body's head and last blocks for :func:`~recsink.audio.probe_parts` and sets
-        ``attempt.sha256`` once the body is complete and checked."""
+        """Body → (sha256, MD5) and staging, one block at a time; keeps the body's first
+        and last EDGE_BYTES for :func:`~recsink.audio.probe_parts` and sets
+        ``attempt.sha256`` once the body is complete and checked.
+
+        The block is one page-aligned buffer per upload (so disk storage can write it with
+        O_DIRECT), of :meth:`block_size` bytes, filled in place and handed to storage with
+        the hashing: one thread hop per block, no copy made per block."""
         intake, blocks, staging = attempt.intake, attempt.blocks, attempt.staging
         assert staging is not None
         cap = PROBE_MAX_BYTES if attempt.fmt is Format.PROBE else self.settings.max_bytes
-        chunk = self.settings.chunk_size
         sha256 = hashlib.sha256()
         md5 = hashlib.md5(usedforsecurity=False) if intake.content_md5 is not None else None
-        block = head + await blocks.read(chunk - len(head))
-        attempt.head = block[:EDGE_BYTES]
-        while block:
-            if blocks.total > cap:
-                raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
-            await asyncio.gather(
-                asyncio.to_thread(_update, sha256, md5, block), staging.write(block))
-            self.metrics.bytes_received.labels(intake.source).inc(len(block))
-            attempt.last_blocks = (attempt.last_blocks[1], block)
-            block = await blocks.read(chunk)
+        digest = partial(_update, sha256, md5)
+        received = self.metrics.bytes_received.labels(intake.source)
+        edges = not self.storage.local_files
+        size = self.block_size()
+        buffer = mmap.mmap(-1, size)
+        self._block_bytes += size
+        self._streaming += 1
+        try:
+            with memoryview(buffer) as view:
+                view[:len(head)] = head
+                filled = len(head) + await blocks.fill(view[len(head):])
+                if edges:
+                    attempt.head = bytes(view[:min(filled, EDGE_BYTES)])
+                while filled:
+                    if blocks.total > cap:
+                        raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
+                    block = view[:filled]
+                    await staging.write(block, digest)
+                    received.inc(filled)
+                    if edges:
+                        attempt.tail = (bytes(block[-EDGE_BYTES:]) if filled >= EDGE_BYTES
+                                        else (attempt.tail + bytes(block))[-EDGE_BYTES:])
+                    block.release()
+                    filled = await blocks.fill(view) if filled == size else 0
+        finally:
+            self._block_bytes -= size  # the buffer is unmapped once its last view is gone
+            self._streaming -= 1
         if intake.content_length is not None and blocks.total != intake.content_length:
             raise bad_request(
                 "length_mismatch",
@@ -539,7 +577,7 @@ def _catalog_error(exc: sqlite3.Error) -> RecsinkError:
     return unavailable("catalog_unavailable", f"catalog: {exc}")
 
 
-def _update(sha256: Any, md5: Any, block: bytes) -> None:
+def _update(sha256: Any, md5: Any, block: memoryview) -> None:
     sha256.update(block)
     if md5 is not None:
         md5.update(block)

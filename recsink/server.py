@@ -42,17 +42,22 @@ _HEAD_LIMIT = 64 * 1024
 
 class _FirstHeadDeadline(asyncio.Protocol):
     """Wraps a connection's protocol and closes the connection unless its first request head
-    (up to the blank line) arrives within ``timeout`` seconds."""
+    (up to the blank line) arrives within ``timeout`` seconds. Socket reads take at most
+    ``recv_size`` bytes (asyncio's default is 256 KiB), so what a paused connection holds
+    stays near ``server.read_bufsize``."""
 
-    def __init__(self, inner: RequestHandler, timeout: float) -> None:
+    def __init__(self, inner: RequestHandler, timeout: float, recv_size: int) -> None:
         self._inner = inner
         self._timeout = timeout
+        self._recv_size = recv_size
         self._seen = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        if hasattr(transport, "max_size"):  # asyncio's selector transports read this much
+            setattr(transport, "max_size", self._recv_size)  # noqa: B010
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
         self._inner.connection_made(transport)
 
@@ -107,7 +112,7 @@ class _RecsinkConnections:
             max_line_size=handler.max_line_size, max_field_size=handler.max_field_size,
             max_headers=handler.max_headers, payload_exception=web.RequestPayloadError,
             max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
-        return _FirstHeadDeadline(handler, self._header_timeout)
+        return _FirstHeadDeadline(handler, self._header_timeout, self._read_bufsize)
 
 
 class RecsinkAppRunner(web.AppRunner):

@@ -21,10 +21,15 @@ Keys are relative, ``/``-separated, already sanitized names (:mod:`recsink.stora
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+#: Bytes to write: ``bytes``, or a ``memoryview`` of a buffer the writer reuses.
+Buffer = bytes | memoryview
+#: Work over a block done where it is written (hashing): see :meth:`Staging.write`.
+Digest = Callable[[Buffer], None]
 
 
 class StorageError(Exception):
@@ -108,8 +113,11 @@ class Staging(Protocol):
     #: The key the object is meant to have (a free one when the staging opened).
     key: str
 
-    async def write(self, block: bytes) -> None:
-        """Append ``block``. Raises :class:`StorageError`."""
+    async def write(self, block: Buffer, digest: Digest | None = None) -> None:
+        """Append ``block`` (bytes, or a view the caller reuses once this returns).
+        ``digest(block)``, when given, runs on the worker thread that writes the block, or
+        beside the write: ingest hashes there, so a block costs one thread hop. Raises
+        :class:`StorageError`."""
 
     async def finish(self) -> Path | None:
         """Make the staged bytes durable. Returns a local file holding them (for reading
@@ -128,6 +136,10 @@ class Staging(Protocol):
 
 class Storage(Protocol):
     """A place recordings are kept."""
+
+    #: True when :meth:`Staging.finish` always gives a local file to read audio facts
+    #: from; otherwise ingest keeps the body's first and last bytes for that.
+    local_files: bool
 
     async def start(self) -> int:
         """Prepare for use and sweep staging leftovers of earlier runs; return how many were

@@ -37,7 +37,9 @@ from recsink.config import S3Settings
 from recsink.metrics import Metrics
 from recsink.storage import (
     AlreadyStored,
+    Buffer,
     Claim,
+    Digest,
     Existing,
     Found,
     NoClaim,
@@ -177,10 +179,12 @@ class S3Staging:
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def write(self, block: bytes) -> None:
+    async def write(self, block: Buffer, digest: Digest | None = None) -> None:
         if self._spool is not None:
-            await self._spool.write(block)
+            await self._spool.write(block, digest)
             return
+        if digest is not None:  # in a worker thread; the copy into part buffers is cheap
+            await asyncio.to_thread(digest, block)
         self._raise_part_failure()
         pool = self._storage.pool
         view = memoryview(block)
@@ -358,6 +362,8 @@ class S3Staging:
 class S3Storage:
     """Recordings as objects under ``s3://bucket/prefix``; see
     :class:`recsink.storage.Storage`."""
+
+    local_files = False
 
     def __init__(self, client: S3Client, settings: S3Settings, metrics: Metrics) -> None:
         self.client = client
