@@ -28,8 +28,6 @@ from recsink.shipper import Shipper
 from recsink.sources import kazoo, laml, sinch
 from recsink.storage import Storage
 from recsink.storage.disk import DiskStorage
-from recsink.storage.s3 import S3Storage
-from recsink.storage.s3client import open_client
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -62,6 +60,10 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         storage: Storage
         if settings.storage.backend == "s3":
+            # Imported only when used: botocore costs about 11 MiB of memory per process.
+            from recsink.storage.s3 import S3Storage
+            from recsink.storage.s3client import open_client
+
             client = await stack.enter_async_context(open_client(settings.storage.s3))
             storage = s3 = S3Storage(client, settings.storage.s3, metrics)
             where = {"destination": s3.destination.url(""), "spool": str(s3.spool.root)}

@@ -29,8 +29,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from azure.core.exceptions import AzureError
-from azure.storage.blob.aio import BlobClient
 
 from recsink import logs
 from recsink.bodies import ChunksBody, RawBody
@@ -39,9 +37,11 @@ from recsink.config import FetchAzure, FetchBucket, FetchSettings, S3Settings
 from recsink.errors import RecsinkError
 from recsink.ingest import Body, Ingestor, Intake
 from recsink.metrics import Metrics
-from recsink.storage.s3client import S3_ERRORS, Destination, open_client
 
+# aiobotocore and the Azure SDK are imported when a pull first needs them: a server that
+# never pulls from a bucket does not carry their ~25 MiB of memory.
 if TYPE_CHECKING:
+    from azure.storage.blob.aio import BlobClient
     from types_aiobotocore_s3 import S3Client
 
 #: Seconds between looks at the catalog when no pull is due and nobody woke the fetcher.
@@ -205,6 +205,8 @@ class Fetcher:
         return FetchBucket(url=url)
 
     async def _client(self, bucket: FetchBucket) -> S3Client:
+        from recsink.storage.s3client import open_client
+
         if bucket.url not in self._s3:
             settings = S3Settings(url=bucket.url, endpoint_url=bucket.endpoint_url,
                                   credentials=bucket.credentials)
@@ -213,6 +215,8 @@ class Fetcher:
 
     @asynccontextmanager
     async def _open_bucket(self, url: str) -> AsyncIterator[Media]:
+        from recsink.storage.s3client import S3_ERRORS, Destination
+
         location = Destination.parse(url)
         client = await self._client(self._bucket(url))
         try:
@@ -225,6 +229,8 @@ class Fetcher:
 
     @asynccontextmanager
     async def _open_azure(self, url: str) -> AsyncIterator[Media]:
+        from azure.core.exceptions import AzureError
+
         account, _, rest = url.removeprefix("azure://").partition("/")
         container, _, blob = rest.partition("/")
         settings = next((a for a in self.settings.azure if a.account == account), None)
@@ -244,6 +250,8 @@ class Fetcher:
 def _azure_client(settings: FetchAzure, container: str, blob: str) -> BlobClient:
     """A BlobClient from whichever credential ``settings`` holds (connection string,
     account key or SAS token)."""
+    from azure.storage.blob.aio import BlobClient
+
     connection = settings.connection_string.get_secret_value()
     if connection:
         return BlobClient.from_connection_string(

@@ -16,6 +16,7 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiofiles
 
@@ -23,7 +24,9 @@ from recsink import logs
 from recsink.catalog import Catalog, Recording, Status, utcnow
 from recsink.metrics import Metrics
 from recsink.storage import AlreadyStored, Existing, StorageError
-from recsink.storage.s3 import S3Storage
+
+if TYPE_CHECKING:
+    from recsink.storage.s3 import S3Storage
 
 #: Spooled recordings shipped at once.
 BATCH = 4
