@@ -339,14 +339,19 @@ _FORWARD = f"{_rank('excluded.status')} > {_rank('status')}"
 _TRANSITION_FILL = ", ".join(f"{c} = COALESCE({c}, excluded.{c})" for c in _FIELDS if c not in (
     "id", "idempotency_key", "status", "metadata", "received_at", "updated_at", "attempts",
     "ship_attempts", "pull_attempts", "pull_state", "pull_url", "next_pull_at"))
-_TRANSITION = (
+_TRANSITION_UPSERT = (
     f"{_INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {_TRANSITION_FILL}, "
     f"metadata = json_patch(metadata, excluded.metadata), "
     f"pull_url = COALESCE(pull_url, excluded.pull_url), "
     f"pull_state = COALESCE(pull_state, excluded.pull_state), "
     f"next_pull_at = COALESCE(next_pull_at, excluded.next_pull_at), "
     f"updated_at = CASE WHEN {_FORWARD} THEN excluded.updated_at ELSE updated_at END, "
-    f"status = CASE WHEN {_FORWARD} THEN excluded.status ELSE status END "
+    f"status = CASE WHEN {_FORWARD} THEN excluded.status ELSE status END")
+_TRANSITION = f"{_TRANSITION_UPSERT} RETURNING *"
+#: transition_matching(): the existing row moves only if metadata :_path is unset or equal.
+_TRANSITION_MATCHING = (
+    f"{_TRANSITION_UPSERT} WHERE json_extract(recordings.metadata, :_path) IS NULL "
+    f"OR json_extract(recordings.metadata, :_path) = json_extract(excluded.metadata, :_path) "
     f"RETURNING *")
 
 _Rows = Iterable[sqlite3.Row]
@@ -527,6 +532,16 @@ class Catalog:
         row = _columns(record)
         row["updated_at"] = row["received_at"]
         return _from_row(next(iter(await self._write(_TRANSITION, row))))
+
+    async def transition_matching(self, record: Recording, name: str) -> Recording | None:
+        """:meth:`transition`, except that an existing record whose metadata holds another
+        value under ``name`` (a top-level key) is left alone: None then."""
+        assert record.idempotency_key is not None
+        row = _columns(record)
+        row["updated_at"] = row["received_at"]
+        row["_path"] = "$." + json.dumps(name)
+        rows = list(await self._write(_TRANSITION_MATCHING, row))
+        return _from_row(rows[0]) if rows else None
 
     async def release_key(self, record_id: str) -> None:
         """Take the idempotency key off an unsettled record, so another attempt may use it."""

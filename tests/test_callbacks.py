@@ -285,6 +285,22 @@ def test_sinch_events_track_status_and_ignore_unknown_types(
     assert server.events("sinch.event_ignored")
 
 
+def test_sinch_second_destination_of_a_call_is_a_second_recording(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A call whose ``recording_available`` names a second destination gets a second record;
+    repeats of either event change neither, whatever their order."""
+    server = start_server(sinch={"applications": [{"key": S4["key"], "secret": S4["secret"]}]})
+    for destination in ("s3://b/c3-a.mp3", "s3://b/c3-b.mp3", "s3://b/c3-a.mp3",
+                        "s3://b/c3-b.mp3"):
+        body = ('{"event":"notify","callid":"c3","version":1,"type":"recording_available",'
+                f'"destination":"{destination}"}}').encode()
+        assert exchange(server.port, signed_sinch(body)).status == 200
+    records = api_get(server, "/v1/recordings?call_id=c3")["recordings"]
+    assert sorted((r["status"], r["storage_url"]) for r in records) == [
+        ("completed", "s3://b/c3-a.mp3"), ("completed", "s3://b/c3-b.mp3")]
+
+
 # -- media pulls ----------------------------------------------------------------------------
 
 

@@ -155,18 +155,21 @@ async def _apply(request: web.Request, event: dict[str, Any], kind: str, call_id
                 or await catalog.transition(finished))
 
     assert destination is not None
-    first = await catalog.by_key(recording_key(call_id))
-    first_destination = first.metadata.get("destination") if first else None
-    key = (recording_key(call_id) if first is None or first_destination in (None, destination)
-           else recording_key(call_id, destination))
     pull = request.app[state.SETTINGS].sinch.pull
-    record = _record(key, call_id, Status.COMPLETED, {**metadata, "destination": destination})
+    record = _record(recording_key(call_id), call_id, Status.COMPLETED,
+                     {**metadata, "destination": destination})
     record.name = destination.rstrip("/").rpartition("/")[2] or None
     if pull:
         record.queue_pull(destination)
     else:
         record.storage_url = destination
-    record = await catalog.transition(record)
+    # The call's first recording, unless that one already went to another destination:
+    # then this is a further recording of the call, with a key of its own.
+    stored = await catalog.transition_matching(record, "destination")
+    if stored is None:
+        record.idempotency_key = recording_key(call_id, destination)
+        stored = await catalog.transition(record)
+    record = stored
     if pull:
         request.app[state.FETCHER].wake()
     return record
