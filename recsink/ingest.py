@@ -297,8 +297,9 @@ class Ingestor:
                     probe_parts, attempt.head, attempt.tail, blocks.total, fmt)
             return await self._commit(attempt, facts)
         except BaseException as exc:
-            await asyncio.shield(self._fail(attempt, exc))
             error = self._as_http_error(exc)
+            reason = error.error if error is not None else type(exc).__name__
+            await asyncio.shield(self._fail(attempt, reason))
             if error is None:
                 raise
             error.fields.setdefault("bytes", blocks.total)
@@ -477,18 +478,23 @@ class Ingestor:
                 record = await self.catalog.update(
                     record.id, **_completed(Stored(same.key, self.storage.url(same.key))))
                 return self._duplicate(intake, record, started, bytes=size)
-            try:
-                record = await self.catalog.update(record.id, **_completed(stored))
-            except BaseException:
-                # Not acknowledged, so not kept: the PBX's retry stores it afresh.
-                await asyncio.shield(self.storage.delete(stored.key))
-                raise
+            # The claim is settled before the record completes: a crash in between leaves
+            # the record "uploading" with its intent, which recover() settles from storage.
+            # (The other way round, a crash would leave a completed record whose claim
+            # says "uploading", and another instance would store a second copy.)
             assert attempt.claim is not None
             if stored.pending:
                 # Spooled: whoever ships first stores it; the shipper claims again then.
                 await attempt.claim.release()
             else:
                 await attempt.claim.settle(stored.key)
+            try:
+                record = await self.catalog.update(record.id, **_completed(stored))
+            except BaseException:
+                # Not acknowledged, so not kept: the PBX's retry stores it afresh (a
+                # claim naming a vanished object is taken over).
+                await asyncio.shield(self.storage.delete(stored.key))
+                raise
         self._finish("stored", intake, record, started, bytes=size, sha256=attempt.sha256,
                      storage_key=stored.key, spooled=stored.pending)
         return Outcome(record, created=True)
@@ -512,12 +518,13 @@ class Ingestor:
             format=record.format, duration_ms=record.duration_ms,
             elapsed_ms=round(elapsed * 1000, 1), **fields)
 
-    async def _fail(self, attempt: _Attempt, exc: BaseException) -> None:
+    async def _fail(self, attempt: _Attempt, reason: str) -> None:
+        """Drop the attempt; mark its record failed with ``reason`` (the error code the
+        client was answered) unless another attempt on it still runs."""
         await attempt.drop()
         record = attempt.record
         if self._running[record.id] > 1:
             return  # another attempt on this record is still running
-        reason = exc.error if isinstance(exc, RecsinkError) else type(exc).__name__
         try:
             current = await self.catalog.get(record.id)
             if current is not None and current.status not in SETTLED:
@@ -555,6 +562,13 @@ class Ingestor:
                     record.byte_size, record.sha256):
                 await self.catalog.update(record.id, **_completed(found.stored))
                 completed += 1
+                if record.idempotency_key is not None and not found.stored.pending:
+                    try:
+                        await self.storage.settle_recovered(
+                            record.idempotency_key, found.stored.key)
+                    except StorageError as exc:
+                        self._log.warning("claim.settle_failed", id=record.id,
+                                          error=str(exc))
             else:
                 await self.catalog.update(
                     record.id, status=Status.FAILED, error="interrupted")

@@ -154,6 +154,10 @@ class Storage(Protocol):
         to settle or release, or the :class:`Existing` object when another instance stored
         it already. Raises :class:`ClaimBusy` while another instance is storing it."""
 
+    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
+        """Mark the claim of a recording that start-up recovery found committed at ``key``
+        as settled, if the stopped process left it open. Raises :class:`StorageError`."""
+
     def url(self, key: str) -> str:
         """Where the object at ``key`` lives, as a URL (``file:///…``, ``s3://…``)."""
 

@@ -207,6 +207,23 @@ class Claims:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
+        """After a restart, settle the claim of a recording found committed at ``key`` whose
+        claim the stopped process left ``uploading`` (a crash between the commit and the
+        settle): otherwise another instance would take it over after ``claim_ttl`` and store
+        a second copy. A claim already settled, or gone, is left as it is. Raises
+        :class:`~recsink.storage.StorageError`."""
+        object_key = self.object_key(idempotency_key)
+        try:
+            seen = await self._read(object_key)
+            if seen is None or seen.key is not None:
+                return
+            await self.put(object_key, self.body(idempotency_key, "stored", key),
+                           if_match=seen.token)
+        except S3_ERRORS as exc:
+            if not is_conflict(exc):  # rewritten meanwhile: whoever did knows better
+                raise as_storage_error(exc, "settling a claim") from exc
+
     async def put(
         self, object_key: str, body: bytes, *, if_none_match: bool = False,
         if_match: str | None = None,

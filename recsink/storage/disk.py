@@ -171,6 +171,9 @@ class DiskStorage:
         """A disk root belongs to one instance; its catalog dedupes alone."""
         return NoClaim()
 
+    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
+        """No claims on disk."""
+
     async def open_staging(
         self, key: str, meta: Mapping[str, Any] | None = None
     ) -> DiskStaging:

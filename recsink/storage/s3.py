@@ -158,6 +158,7 @@ class S3Staging:
         self._storage = storage
         self._object_key = storage.destination.object_key(key)
         self._create_meta = encode_metadata(meta)
+        self._record_id = meta.get("recsink-id")
         self._buffer: io.BytesIO | None = None
         self._fill = 0
         self._upload_id: str | None = None
@@ -288,11 +289,17 @@ class S3Staging:
                     IfNoneMatch="*", **storage.write_options())
                 self._release_buffer()
             else:
-                await storage.client.complete_multipart_upload(
-                    Bucket=storage.destination.bucket, Key=self._object_key,
-                    UploadId=self._upload_id, IfNoneMatch="*",
-                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
-                                               for n in sorted(self._etags)]})
+                try:
+                    await storage.client.complete_multipart_upload(
+                        Bucket=storage.destination.bucket, Key=self._object_key,
+                        UploadId=self._upload_id, IfNoneMatch="*",
+                        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
+                                                   for n in sorted(self._etags)]})
+                except S3_ERRORS:
+                    # Lost answers happen: botocore's retry of a complete S3 did carry out
+                    # meets If-None-Match (412), a read timeout hides the 200.
+                    if not await self._completed_anyway(size):
+                        raise
                 upload_id, self._upload_id = self._upload_id, None
                 storage.open_uploads.discard(upload_id)
                 await asyncio.to_thread(storage.journal.remove, upload_id)
@@ -316,6 +323,17 @@ class S3Staging:
             raise as_storage_error(exc, "commit") from exc
         self._done = True
         return Stored(self.key, storage.url(self.key))
+
+    async def _completed_anyway(self, size: int) -> bool:
+        """After CompleteMultipartUpload failed: whether S3 completed this very upload all
+        the same (the object at the key carries its record id and size)."""
+        try:
+            found = await self._storage.head(self.key)
+        except StorageError:
+            return False
+        return (found is not None and self._record_id is not None
+                and found.get("recsink-id") == self._record_id
+                and found.get("bytes") == str(size))
 
     async def _commit_spool(self, stored: Stored) -> Stored:
         self._done = True
@@ -433,6 +451,10 @@ class S3Storage:
             return await self.claims.claim(idempotency_key)
         except Unreachable:
             return NoClaim()
+
+    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
+        """See :meth:`recsink.storage.claims.Claims.settle_recovered`."""
+        await self.claims.settle_recovered(idempotency_key, key)
 
     async def open_staging(self, key: str, meta: Mapping[str, Any]) -> S3Staging:
         """A staging object that streams to S3, or to the spool when S3 is unreachable."""
