@@ -20,27 +20,32 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import hashlib
 import http.client
 import os
 import platform
-import random
 import shlex
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import (
+    MiB,
+    RssSampler,
+    kazoo_target,
+    proc_status_kib,
+    put_head,
+    reset_hwm,
+    tree_state,
+    wav_blocks,
+)
 from recsink.config import S3Settings
 from tests.conftest import base_config, merge, start_server_process
 from tests.s3support import (
@@ -51,95 +56,7 @@ from tests.s3support import (
     s3_client,
 )
 
-MiB = 1024 * 1024
-BLOCK = MiB
-ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
 BUCKET = "bench-rss"
-
-
-def proc_status_kib(pid: int, field_name: str) -> int | None:
-    """A ``kB`` field (``VmRSS``, ``VmHWM``) of ``/proc/<pid>/status``; None if gone."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def reset_hwm(pid: int) -> bool:
-    """Reset a process's VmHWM to its current RSS (``clear_refs`` 5); False if refused."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-class RssSampler(threading.Thread):
-    """Samples VmRSS of some processes every ``interval`` seconds until :meth:`stop`."""
-
-    def __init__(self, pids: dict[str, int], interval: float) -> None:
-        super().__init__(name="rss-sampler", daemon=True)
-        self.pids = pids
-        self.interval = interval
-        self.samples: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self._stop_event.is_set():
-            now = time.monotonic() - start
-            for name, pid in self.pids.items():
-                rss = proc_status_kib(pid, "VmRSS")
-                if rss is not None:
-                    self.samples[name].append((now, rss))
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-    def peak(self, name: str) -> tuple[float, int]:
-        """(seconds into sampling, KiB) of the highest sample."""
-        return max(self.samples[name], key=lambda s: s[1], default=(0.0, 0))
-
-    def quarters(self, name: str, until: float) -> list[int]:
-        """Highest sample in each quarter of ``[0, until]`` seconds (KiB)."""
-        peaks = [0, 0, 0, 0]
-        for t, rss in self.samples[name]:
-            q = min(3, int(4 * t / until)) if until > 0 else 0
-            peaks[q] = max(peaks[q], rss)
-        return peaks
-
-    def median(self, name: str) -> int:
-        """Median sample (KiB)."""
-        return int(statistics.median(rss for _, rss in self.samples[name] or [(0.0, 0)]))
-
-
-def wav_header(size: int) -> bytes:
-    """44-byte RIFF/WAVE header for a ``size``-byte file of 16-bit mono 8 kHz PCM."""
-    rate, channels, width = 8000, 1, 2
-    return (b"RIFF" + struct.pack("<I", size - 8) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate,
-                                    rate * channels * width, channels * width, width * 8)
-            + b"data" + struct.pack("<I", size - 44))
-
-
-def wav_blocks(size: int, seed: int) -> Iterator[bytes]:
-    """Yield a ``size``-byte WAV file in 1 MiB blocks: the header, then noise PCM whose
-    blocks are rotations of one seeded 1 MiB block (so every block differs)."""
-    base = random.Random(seed).randbytes(BLOCK)  # noqa: S311 - filler, not crypto
-    head = wav_header(size)
-    sent, index = 0, 0
-    while sent < size:
-        shift = (index * 4099 + 1) % BLOCK
-        block = base[shift:] + base[:shift]
-        if index == 0:
-            block = head + block[len(head):]
-        block = block[:size - sent]
-        yield block
-        sent += len(block)
-        index += 1
 
 
 @dataclass
@@ -157,11 +74,8 @@ class Upload:
 
 def put_recording(port: int, up: Upload, timeout: float = 900) -> Upload:
     """Send ``up`` as a Kazoo path-A PUT on a fresh connection; fill in status and hash."""
-    rid = f"202611-{uuid.uuid4().hex}"
-    target = (f"/kazoo/call_recording_{up.call_id}.wav?call_id={up.call_id}"
-              f"&recording_id={rid}&account_id={ACCOUNT}")
-    head = (f"PUT {target} HTTP/1.1\r\ncontent-type: audio/wav\r\n"
-            f"content-length: {up.size}\r\nhost: x\r\nconnection: close\r\n\r\n").encode()
+    head = put_head(kazoo_target(up.call_id, f"202611-{uuid.uuid4().hex}"), up.size,
+                    connection="close")
     digest = hashlib.sha256()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -192,15 +106,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit-mib", type=float, default=200, help="RSS requirement (200)")
     p.add_argument("--interval-ms", type=float, default=20, help="RSS sampling period (20)")
     return p.parse_args(argv)
-
-
-def tree_state() -> str:
-    """HEAD of the repository, plus a hash of the uncommitted diff of recsink/ if any."""
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], capture_output=True, check=False,  # noqa: S603, S607
-                              cwd=Path(__file__).resolve().parents[1]).stdout.decode().strip()
-    head, diff = git("rev-parse", "--short", "HEAD"), git("diff", "HEAD", "--", "recsink")
-    return f"{head}+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else head
 
 
 def log(msg: str) -> None:

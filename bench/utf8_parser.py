@@ -39,8 +39,7 @@ from typing import Literal
 import aiohttp
 from aiohttp import web
 
-KiB = 1024
-MiB = 1024 * KiB
+from bench.common import ACCOUNT, HOST, KiB, MiB, process_cpu
 
 Runner = Literal["stock", "recsink"]
 RUNNERS: tuple[Runner, ...] = ("stock", "recsink")
@@ -49,9 +48,7 @@ RUNNER_TITLES: dict[Runner, str] = {
     "recsink": "pure-Python head parser (recsink)",
 }
 
-ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
 MP3_HEAD = b"ID3\x04\x00\x00\x00\x00\x00\x00"
-HOST = "127.0.0.1"
 #: Scenarios writing at least this much get an untimed lead-in run (see run_pass).
 LEAD_IN_BYTES = 64 * MiB
 
@@ -312,17 +309,6 @@ async def load(port: int, server_pid: int, count: int, size: int, concurrency: i
         await conn.close()
     return Result(count=count, size=size, seconds=elapsed, statuses=statuses,
                   server_cpu=server_cpu, client_cpu=client_cpu)
-
-
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 async def utf8_check(port: int, uniq: Uniq) -> int:

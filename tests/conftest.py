@@ -178,7 +178,8 @@ def start_server_process(
 ) -> RunningServer:
     """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it (with
     ``env`` added to the environment); wait for its ``server.listening`` line and read the
-    bound port from it."""
+    bound port from it. With a fixed ``server.port`` (not 0), ``GET /healthz`` answering
+    200 also means ready, for log levels that leave ``server.listening`` out."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "recsink.toml"
     config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
@@ -187,17 +188,29 @@ def start_server_process(
         proc = subprocess.Popen(
             [sys.executable, "-m", "recsink", "serve", "--config", str(config_path)],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    fixed_port = int(config.get("server", {}).get("port", 0))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log_path.read_text(encoding="utf-8").splitlines():
             if '"server.listening"' in line:
                 port = json.loads(line)["port"]
                 return RunningServer(proc, port, workdir, log_path, config)
+        if fixed_port and proc.poll() is None and _healthz_ok(fixed_port):
+            return RunningServer(proc, fixed_port, workdir, log_path, config)
         if proc.poll() is not None:
             raise AssertionError(f"recsink exited {proc.returncode}: {log_path.read_text()}")
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"recsink did not start: {log_path.read_text()}")
+
+
+def _healthz_ok(port: int) -> bool:
+    """True when ``GET /healthz`` on 127.0.0.1:``port`` answers 200."""
+    try:
+        reply = exchange(port, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n", timeout=2)
+    except (OSError, http.client.HTTPException):
+        return False
+    return reply.status == 200
 
 
 @pytest.fixture
