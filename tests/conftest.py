@@ -4,6 +4,7 @@ for byte-exact requests."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import json
@@ -30,7 +31,7 @@ from aiohttp.test_utils import TestClient
 from recsink.app import create_app
 from recsink.config import Settings
 from tests.azure_support import azurite  # noqa: F401  (fixture)
-from tests.s3_fixtures import bucket, moto, s3, s3_proxy  # noqa: F401  (fixtures)
+from tests.s3_fixtures import bucket, moto, s3, s3_proxy, s3_server  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,6 +62,22 @@ def make_wav(
         w.setframerate(rate)
         w.writeframes(bytes(samples))
     return out.getvalue()
+
+
+def wav_stream(size: int, seed: int = 0) -> Iterator[bytes]:
+    """A ``size``-byte RIFF/WAVE body (8 kHz mono 16-bit), generated 1 MiB at a time."""
+    mib = 1024 * 1024
+    header = (b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
+              + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+              + b"data" + struct.pack("<I", size - 44))
+    pattern = hashlib.sha256(str(seed).encode()).digest() * (mib // 32)
+    sent = 0
+    first = header + pattern[: mib - len(header)]
+    while sent < size:
+        block = first if sent == 0 else pattern
+        block = block[: size - sent]
+        sent += len(block)
+        yield block
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +248,60 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         if server.proc.poll() is None:
             server.proc.kill()
             server.proc.wait()
+
+
+# -- small filesystems ---------------------------------------------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """``tmpfs(size="2m", name="small")``: a tmpfs of ``size`` bytes (mount's syntax) the
+    test mounts in its directory, unmounted at the end. Skips where mounting is not permitted
+    (it needs root), fails instead in CI."""
+    mounted: list[Path] = []
+
+    def mount(size: str = "2m", name: str = "small") -> Path:
+        mountpoint = tmp_path / name
+        mountpoint.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(mountpoint)], capture_output=True, text=True)
+        if done.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot mount a tmpfs: {done.stderr}")
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(mountpoint)
+        return mountpoint
+
+    yield mount
+    for mountpoint in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+@pytest.fixture
+def small_filesystem(tmpfs: Callable[..., Path]) -> Path:
+    """A 2 MiB tmpfs the test mounts (and unmounts): writes beyond it fail with ENOSPC."""
+    return tmpfs("2m")
+
+
+def fill(path: Path) -> None:
+    """Write to ``path`` until the filesystem is full (raises ENOSPC)."""
+    with path.open("wb") as fh:
+        while True:
+            fh.write(bytes(64 * 1024))
+            fh.flush()
+
+
+def remount(mountpoint: Path, mode: str, timeout: float = 30) -> None:
+    """Remount a filesystem the test mounted ``ro`` or ``rw``. The kernel refuses ``ro``
+    (EBUSY) while a file on it is open for writing: retried until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)],
+                              capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cannot remount {mountpoint} {mode}: {done.stderr}")
+        time.sleep(0.05)
 
 
 # -- raw-socket Kazoo requests against a running server ------------------------------

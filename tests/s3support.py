@@ -204,6 +204,13 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
+            trigger = self.proxy._stall_after
+            if self.accepted and trigger is not None and trigger(data):
+                # Forwarded, then nothing more moves: the request is served, its answer held.
+                self.proxy._stall_after = None
+                self.proxy._stalled = True
+                for side in list(self.proxy._sides):
+                    side.update_reading()
 
     def eof_received(self) -> bool:
         self.got_eof = True
@@ -250,7 +257,8 @@ class TcpProxy:
     """Forwards ``127.0.0.1:port`` to ``target`` from an asyncio loop in a background thread.
 
     ``down()`` refuses new connections and resets open ones, ``stall()`` keeps connections but
-    stops moving bytes, ``up()`` restores normal forwarding on the same port. The methods are
+    stops moving bytes, ``stall_after(request)`` does so once a chosen request went through
+    (its answer is lost), ``up()`` restores normal forwarding on the same port. The methods are
     thread-safe and return once the change is in effect.
     """
 
@@ -265,6 +273,7 @@ class TcpProxy:
         self._sides: set[_Side] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self._stalled = False
+        self._stall_after: Callable[[bytes], bool] | None = None
 
     @staticmethod
     def _bind(port: int) -> socket.socket:
@@ -311,6 +320,17 @@ class TcpProxy:
         """Keep accepting and holding connections but forward no bytes until ``up()``."""
         self._call(self._stall)
 
+    def stall_after(self, request: Callable[[bytes], bool]) -> None:
+        """Stall (as :meth:`stall`) as soon as bytes a client sends, for which ``request``
+        is true, have been forwarded: the server handles that request, but its answer (and
+        everything else) is held until ``up()``. Checked on each read from a client: match
+        what ends the request, so that all of it is forwarded."""
+
+        async def arm() -> None:
+            self._stall_after = request
+
+        self._call(arm)
+
     def close(self) -> None:
         """Reset every connection, stop listening and join the loop thread. Idempotent."""
         if self._loop is not None and self._thread is not None:
@@ -334,6 +354,7 @@ class TcpProxy:
 
     async def _up(self) -> None:
         self._stalled = False
+        self._stall_after = None
         if self._server is None:
             sock, self._sock = self._sock or self._bind(self.port), None
             self._server = await asyncio.get_running_loop().create_server(
@@ -389,6 +410,19 @@ class TcpProxy:
 
 
 # --------------------------------------------------------------------------------------------
+# recsink on S3
+
+
+def s3_config(bucket: str, endpoint: str, workdir_name: str = "", **s3: Any) -> dict[str, Any]:
+    """recsink settings for the S3 backend on ``endpoint``, fast to give up in tests."""
+    settings = {"url": f"s3://{bucket}/calls", "endpoint_url": endpoint,
+                "credentials": "testing:testing:us-east-1", "max_attempts": 2,
+                "connect_timeout": 1.0, "read_timeout": 10.0, "unreachable_hold": 1.0,
+                "ship_backoff_max": 1.0, **s3}
+    return {"storage": {"backend": "s3", "s3": settings}}
+
+
+# --------------------------------------------------------------------------------------------
 # boto3 helpers
 
 
@@ -439,6 +473,11 @@ def object_sha256(s3: S3Client, bucket: str, key: str) -> str:
 def head_metadata(s3: S3Client, bucket: str, key: str) -> dict[str, str]:
     """The user metadata (``x-amz-meta-*``, names without the prefix) of an object."""
     return dict(s3.head_object(Bucket=bucket, Key=key)["Metadata"])
+
+
+def recordings(s3: S3Client, bucket: str) -> dict[str, int]:
+    """Recording objects in the bucket (recsink's own claim objects left out)."""
+    return {k: v for k, v in all_objects(s3, bucket).items() if "/.recsink/" not in k}
 
 
 def empty_and_delete_bucket(s3: S3Client, bucket: str) -> None:

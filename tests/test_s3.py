@@ -8,11 +8,10 @@ import csv
 import hashlib
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tests.conftest import (
     path_a,
     read_status,
     wait_for,
+    wav_stream,
 )
 from tests.s3support import (
     MotoServer,
@@ -44,54 +44,12 @@ from tests.s3support import (
     head_metadata,
     list_multipart_uploads,
     object_sha256,
+    recordings,
+    s3_config,
 )
 
 MiB = 1024 * 1024
 ACCOUNT = "3a1b2c3d4e5f60718293a4b5c6d7e8f9"
-
-
-def s3_config(bucket: str, endpoint: str, workdir_name: str = "", **s3: Any) -> dict[str, Any]:
-    """recsink settings for the S3 backend on ``endpoint``, fast to give up in tests."""
-    settings = {"url": f"s3://{bucket}/calls", "endpoint_url": endpoint,
-                "credentials": "testing:testing:us-east-1", "max_attempts": 2,
-                "connect_timeout": 1.0, "read_timeout": 10.0, "unreachable_hold": 1.0,
-                "ship_backoff_max": 1.0, **s3}
-    return {"storage": {"backend": "s3", "s3": settings}}
-
-
-@pytest.fixture
-def s3_server(
-    start_server: Callable[..., RunningServer], bucket: str, moto: MotoServer, tmp_path: Path,
-) -> Callable[..., RunningServer]:
-    """``s3_server(name="server", endpoint=None, **s3_settings)``: a recsink process storing
-    to the test's bucket (spool in its own working directory)."""
-
-    def start(name: str = "server", endpoint: str | None = None, **s3: Any) -> RunningServer:
-        spool = str(tmp_path / name / "spool")
-        config = s3_config(bucket, endpoint or moto.url, spool_dir=spool, **s3)
-        return start_server(name, **config)
-
-    return start
-
-
-def recordings(s3: S3Client, bucket: str) -> dict[str, int]:
-    """Recording objects in the bucket (recsink's own claim objects left out)."""
-    return {k: v for k, v in all_objects(s3, bucket).items() if "/.recsink/" not in k}
-
-
-def wav_stream(size: int, seed: int = 0) -> Iterator[bytes]:
-    """A ``size``-byte RIFF/WAVE body (8 kHz mono 16-bit), generated 1 MiB at a time."""
-    header = (b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
-              + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
-              + b"data" + struct.pack("<I", size - 44))
-    pattern = hashlib.sha256(str(seed).encode()).digest() * (MiB // 32)
-    sent = 0
-    first = header + pattern[: MiB - len(header)]
-    while sent < size:
-        block = first if sent == 0 else pattern
-        block = block[: size - sent]
-        sent += len(block)
-        yield block
 
 
 def test_corpus_and_fixtures_round_trip_through_s3(

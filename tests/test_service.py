@@ -3,7 +3,6 @@ ops routes, and the unit file."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -23,6 +22,7 @@ from tests.conftest import (
     REPO,
     RunningServer,
     exchange,
+    fill,
     kazoo_put,
     make_wav,
     path_a,
@@ -142,31 +142,6 @@ def test_sigterm_drains_uploads_then_exits_0(start_server: Callable[..., Running
 
 
 # -- disk full ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs the test mounts (and unmounts): writes beyond it fail with ENOSPC."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr}")
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write to ``path`` until the filesystem is full (raises ENOSPC)."""
-    with path.open("wb") as fh:
-        while True:
-            fh.write(bytes(64 * 1024))
-            fh.flush()
 
 
 def test_disk_full_answers_507_then_recovers(
