@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from recsink.catalog import Catalog, Recording, Status, new_id, utcnow
 from recsink.storage.disk import DiskStorage
-from tests.conftest import TESTBODY, stored_files
+from tests.conftest import TESTBODY, remount, stored_files
 
 
 def attempt(key: str | None = None, **fields: Any) -> Recording:
@@ -217,3 +219,26 @@ async def test_direct_io_staging_keeps_unaligned_writes_exact(tmp_path: Path) ->
     assert path.read_bytes() == b"".join(pieces)
     stored = await staging.commit()
     assert (tmp_path / "r" / stored.key).read_bytes() == b"".join(pieces)
+
+
+async def test_staging_file_left_by_a_read_only_moment_is_removed_later(
+    tmpfs: Callable[..., Path],
+) -> None:
+    """A staging file that could not be removed because the file system had turned
+    read-only is removed by the next staging file opened once it is writable again, without
+    waiting for a restart."""
+    root = tmpfs("4m")
+    storage = DiskStorage(root, fsync=True)
+    await storage.start()
+    staging = await storage.open_staging("a/b.wav")
+    await staging.write(b"RIFF" + bytes(1000))
+    os.close(staging._fd or -1)  # the kernel refuses ro while a file is open for writing
+    staging._fd = None
+    remount(root, "ro")
+    await staging.abort()
+    assert len(list(storage.staging_dir.iterdir())) == 1
+    remount(root, "rw")
+    second = await storage.open_staging("a/c.wav")
+    assert [p.name for p in storage.staging_dir.iterdir()] == [second._path.name]
+    await second.abort()
+    assert list(storage.staging_dir.iterdir()) == []

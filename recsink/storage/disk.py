@@ -136,8 +136,10 @@ class DiskStaging:
             except FileNotFoundError:
                 pass
             except OSError:
-                # Left for the start-up sweep; nothing under a key refers to it.
-                pass
+                # Nothing under a key refers to it; removed by the next staging file
+                # opened (a read-only file system may be writable again by then), or by
+                # the start-up sweep.
+                self._storage.leftovers.add(self._path)
 
 
 class DiskStorage:
@@ -150,6 +152,8 @@ class DiskStorage:
         self.staging_dir = self.root / STAGING_DIR
         self.fsync = fsync
         self._direct = fsync  # until the file system refuses O_DIRECT
+        #: Staging files an abort could not remove (file system read-only at the time).
+        self.leftovers: set[Path] = set()
 
     async def start(self) -> int:
         try:
@@ -188,6 +192,10 @@ class DiskStorage:
     def _create(self, path: Path) -> tuple[int, bool]:
         """Blocking: create the staging file; its fd, and whether it is open with O_DIRECT
         (with fsync on, where the file system supports it: not tmpfs, for one)."""
+        for leftover in list(self.leftovers):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
+                self.leftovers.discard(leftover)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         if self._direct:
             try:
