@@ -171,8 +171,12 @@ def _log_error(
     log = logs.get_logger()
     if source is None:
         callback = request.get(state.CALLBACK_SOURCE)
-        log.warning("callback.rejected" if callback else "request.rejected",
-                    **({"source": callback} if callback else {}), **fields)
+        where = {"source": callback} if callback else {}
+        if exc_info is not None:  # a bug: keep its traceback
+            log.error("request.failed", exc_info=exc_info, **where, **fields)
+        else:
+            log.warning("callback.rejected" if callback else "request.rejected",
+                        **where, **fields)
         return
     # An upload that got as far as a record (or broke on our side) failed; the rest were
     # refused before anything was kept.

@@ -10,7 +10,6 @@ every request, so timing tells nothing about which one nearly matched.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
@@ -93,7 +92,7 @@ class UploadAuth:
         if scheme == "basic" and self._basic:
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error; non-ASCII text), or not UTF-8
                 return False
             ok = False
             for name, secret in self._basic:

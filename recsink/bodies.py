@@ -13,19 +13,23 @@ import base64
 import binascii
 import re
 from collections.abc import AsyncIterator, Awaitable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from recsink.errors import RecsinkError, bad_request
 
+_T = TypeVar("_T")
+
 # A client that goes away mid-body surfaces as one of these from aiohttp's payload reader.
 _BROKEN = (ConnectionError, web.RequestPayloadError, HttpProcessingError,
            asyncio.IncompleteReadError, ClientPayloadError)
 
 
-async def _guarded(read: Awaitable[bytes], idle_timeout: float) -> bytes:
+async def guarded(read: Awaitable[_T], idle_timeout: float) -> _T:
+    """``await read``, giving up after ``idle_timeout`` seconds (408 ``body_timeout``); a
+    body that broke off is 400 ``client_disconnected``."""
     try:
         async with asyncio.timeout(idle_timeout):
             return await read
@@ -52,7 +56,7 @@ class RawBody:
         self._idle = idle_timeout
 
     async def read(self, n: int) -> bytes:
-        return await _guarded(self._stream.read(n), self._idle)
+        return await guarded(self._stream.read(n), self._idle)
 
 
 class ChunksBody:
@@ -63,7 +67,7 @@ class ChunksBody:
         self._idle = idle_timeout
 
     async def read(self, n: int) -> bytes:
-        return await _guarded(anext(self._chunks, b""), self._idle)
+        return await guarded(anext(self._chunks, b""), self._idle)
 
 
 _BASE64_START = re.compile(rb"[A-Za-z0-9+/]{8}")
@@ -90,7 +94,7 @@ class PartBody:
     async def read(self, n: int) -> bytes:
         while True:
             try:
-                data = await _guarded(self._part.read_chunk(max(n, 8192)), self._idle)
+                data = await guarded(self._part.read_chunk(max(n, 8192)), self._idle)
             except ValueError as exc:  # aiohttp: the body ended before the part's boundary
                 raise bad_request(
                     "bad_multipart", f"the multipart body is truncated or malformed: {exc}",

@@ -8,6 +8,13 @@ therefore parse request heads with aiohttp's pure-Python parser, which accepts t
 decodes them as UTF-8; bodies still stream straight into ingest. The cost is in head parsing
 only; it is measured in bench/UTF8_PARSER.md.
 
+**Refusals are JSON too.** What aiohttp refuses itself, before any recsink handler runs (a
+malformed request head, an unknown ``Expect``), is answered like every other refusal: a JSON
+``{"error", "detail"}`` body (DESIGN.md "HTTP errors"), logged as one ``request.rejected``
+line (without aiohttp's traceback). A head that is not UTF-8 (which no sender means; its
+bytes could not be stored or looked up) and HTTP versions other than 1.0 and 1.1 are
+refused there too.
+
 **Slow clients.** A new connection must deliver its first request head within
 ``server.header_timeout`` seconds; an idle keep-alive connection is closed after
 ``server.keepalive_timeout``; a body that stops arriving is failed after
@@ -24,16 +31,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_parser import HttpRequestParserPy
+from aiohttp.http import HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from recsink import logs, state
 from recsink.app import cancel_and_wait, create_app
 from recsink.config import Settings
+from recsink.errors import RecsinkError
 from recsink.notify import Notifier
 
 #: Bytes of a connection's first data searched for the end of its request head.
@@ -94,9 +106,70 @@ class _FirstHeadDeadline(asyncio.Protocol):
         self._inner.resume_writing()
 
 
+#: Longest ``detail`` of a refused request head (it quotes the offending bytes).
+_DETAIL_MAX = 200
+
+
+class _RequestParser(HttpRequestParserPy):
+    """aiohttp's pure-Python head parser, refusing (400) heads that are not UTF-8 and HTTP
+    versions other than 1.0 and 1.1 (which it would otherwise echo in the status line)."""
+
+    def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
+        for line in lines:
+            if not line.isascii():
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadHttpMessage("the request head is not valid UTF-8") from None
+        message = super().parse_message(lines)
+        if message.version not in (HttpVersion10, HttpVersion11):
+            major, minor = message.version
+            raise BadHttpMessage(f"HTTP/{major}.{minor} is not supported; use HTTP/1.1")
+        return message
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's per-connection request handler, answering what it refuses itself as JSON."""
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A malformed request head (400), or an error that escaped the application."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response is already partly sent")
+        log = logs.get_logger()
+        if status >= 500:
+            error = RecsinkError(status, "internal_error", "recsink could not handle this request")
+            log.error("request.rejected", status=status, error=error.error, detail=error.detail,
+                      remote=request.remote, exc_info=exc)
+        else:
+            detail = (message or HTTPStatus(status).phrase)[:_DETAIL_MAX]
+            error = RecsinkError(status, "bad_request", f"malformed request: {detail}")
+            log.warning("request.rejected", status=status, error=error.error,
+                        detail=error.detail, remote=request.remote)
+        response = web.json_response(error.body(), status=status)
+        response.force_close()
+        return response
+
+    async def finish_response(self, request: BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """Render an error response aiohttp made outside recsink's middleware (an
+        ``Expect`` it refuses: 417) as JSON."""
+        if resp.status >= 400 and not resp.prepared and resp.content_type != "application/json":
+            reason = resp.reason or HTTPStatus(resp.status).phrase
+            text = resp.text if isinstance(resp, web.Response) else None
+            error = RecsinkError(resp.status, reason.lower().replace(" ", "_"),
+                                 (text or reason)[:_DETAIL_MAX])
+            logs.get_logger().warning("request.rejected", status=error.status,
+                                      error=error.error, detail=error.detail,
+                                      method=request.method, remote=request.remote)
+            resp = web.json_response(error.body(), status=error.status)
+        return await super().finish_response(request, resp, start_time)
+
+
 class _RecsinkConnections:
-    """Protocol factory: aiohttp's own request handler, with the pure-Python head parser
-    and the first-head deadline."""
+    """Protocol factory: aiohttp's own request handler (with JSON refusals), the
+    pure-Python head parser and the first-head deadline."""
 
     def __init__(self, server: Server, read_bufsize: int, header_timeout: float) -> None:
         self._server = server
@@ -104,10 +177,12 @@ class _RecsinkConnections:
         self._header_timeout = header_timeout
 
     def __call__(self) -> _FirstHeadDeadline:
-        handler = self._server()
+        # What Server.__call__ does, with the subclass.
+        handler = _RequestHandler(self._server, loop=asyncio.get_running_loop(),
+                                  **self._server._kwargs)
         # RequestHandler keeps its parser in BaseProtocol._parser and builds it from these
         # same arguments; only the class differs. tests/test_e2e_replay.py guards this.
-        handler._parser = HttpRequestParserPy(
+        handler._parser = _RequestParser(
             handler, asyncio.get_running_loop(), self._read_bufsize,
             max_line_size=handler.max_line_size, max_field_size=handler.max_field_size,
             max_headers=handler.max_headers, payload_exception=web.RequestPayloadError,

@@ -18,22 +18,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote
 
+import aiofiles
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from recsink import logs, state
-from recsink.bodies import PartBody, RawBody
+from recsink.bodies import PartBody, RawBody, guarded
 from recsink.catalog import Recording
 from recsink.errors import RecsinkError, bad_request
 from recsink.ingest import Intake, decode_content_md5
 
 SOURCE = "kazoo"
+_T = TypeVar("_T")
 
 #: Unix epoch in Gregorian seconds (``calendar:datetime_to_gregorian_seconds``).
 GREGORIAN_UNIX_EPOCH = 62167219200
@@ -43,6 +47,8 @@ _PATH_C_NAME = re.compile(r"(?P<call_id>.+)\.(?P<ext>[A-Za-z0-9]{2,4})")
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 #: ``cb_storage.erl`` names its probe upload ``<32 hex>_test_credentials_file.txt`` (§5.5).
 _PROBE_NAME = re.compile(r"[0-9a-fA-F]{32}_test_credentials_file\.txt")
+#: Bytes read at a time when serving a stored recording.
+_SERVE_BLOCK = 1024 * 1024
 #: Largest JSON metadata part accepted, bytes.
 MAX_METADATA_BYTES = 1024 * 1024
 
@@ -115,25 +121,38 @@ def gregorian_to_utc(value: Any) -> datetime | None:
     """Kazoo's ``start`` (Gregorian seconds, Unix + 62167219200) as a UTC datetime.
 
     Values below the Unix epoch in Gregorian seconds are taken as Unix seconds already.
-    Missing, empty or non-numeric values give None (Kazoo may send ``start=``, §8.7).
+    Missing, empty or non-numeric values give None (Kazoo may send ``start=``, §8.7), and
+    so do infinite ones and times from the year 9000 on.
     """
-    try:
-        seconds = int(value)
-    except (TypeError, ValueError):
+    seconds = _int(value)
+    if seconds is None:
         return None
     if seconds >= GREGORIAN_UNIX_EPOCH:
         seconds -= GREGORIAN_UNIX_EPOCH
     try:
-        return datetime.fromtimestamp(seconds, UTC)
+        when = datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+    return when if when < _LATEST_START else None
+
+
+#: Starts after this are garbage; it also keeps start + duration far from datetime.max.
+_LATEST_START = datetime(9000, 1, 1, tzinfo=UTC)
+#: The longest claimed ``duration_ms`` believed (a week); longer or negative claims are
+#: dropped like non-numeric ones (the file's own duration wins anyway when it has one).
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 
 
 def _int(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON 1e999
         return None
+
+
+def _duration_ms(value: Any) -> int | None:
+    ms = _int(value)
+    return ms if ms is not None and 0 <= ms <= MAX_DURATION_MS else None
 
 
 def _text(value: Any) -> str | None:
@@ -156,7 +175,7 @@ def _intake_fields(target: Target, meta: Mapping[str, Any]) -> dict[str, Any]:
         from_uri=_text(meta.get("from")),
         to_uri=_text(meta.get("to")),
         started_at=gregorian_to_utc(meta.get("start")),
-        duration_ms=_int(meta.get("duration_ms")),
+        duration_ms=_duration_ms(meta.get("duration_ms")),
         name=target.name,
         metadata=dict(meta),
         allow_probe=target.shape == "B" and bool(_PROBE_NAME.fullmatch(target.name)),
@@ -192,7 +211,7 @@ async def _upload(request: web.Request) -> web.Response:
     md5 = decode_content_md5(request.headers.get("Content-MD5"))
 
     if request.content_type.startswith("multipart/"):
-        meta, part = await _read_multipart(request)
+        meta, part = await _read_multipart(request, idle)
         intake = Intake(body=PartBody(part, idle), content_md5=md5,
                         **_intake_fields(target, meta))
     else:
@@ -204,7 +223,21 @@ async def _upload(request: web.Request) -> web.Response:
     return web.json_response(outcome.record.resource(), status=201 if outcome.created else 200)
 
 
-async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPartReader]:
+async def _multipart_step(step: Awaitable[_T], idle_timeout: float) -> _T:
+    """One read from a multipart body: 400 ``bad_multipart`` when its framing or part
+    headers are malformed, 408 after ``idle_timeout`` seconds without bytes."""
+
+    async def checked() -> _T:
+        try:
+            return await step
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            raise bad_request("bad_multipart", f"malformed multipart body: {exc}") from None
+
+    return await guarded(checked(), idle_timeout)
+
+
+async def _read_multipart(request: web.Request,
+                          idle_timeout: float) -> tuple[dict[str, Any], BodyPartReader]:
     """The JSON metadata (if sent) and the media part of a ``multipart/form-data`` upload."""
     try:
         reader = await request.multipart()
@@ -216,59 +249,72 @@ async def _read_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPar
             "send_multipart") from None
     meta: dict[str, Any] = {}
     while True:
-        try:
-            part = await reader.next()
-        except (ValueError, AssertionError) as exc:
-            raise bad_request("bad_multipart", f"malformed multipart body: {exc}") from None
+        part = await _multipart_step(reader.next(), idle_timeout)
         if part is None:
             raise bad_request("bad_multipart", "the multipart body has no media part")
         if isinstance(part, MultipartReader):
             raise bad_request("bad_multipart", "nested multipart bodies are not supported")
         if part.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json") and not meta:
-            meta = await _read_json_part(part)
+            meta = await _read_json_part(part, idle_timeout)
             continue
         return meta, part
 
 
-async def _read_json_part(part: BodyPartReader) -> dict[str, Any]:
+async def _read_json_part(part: BodyPartReader, idle_timeout: float) -> dict[str, Any]:
     raw = bytearray()
-    while chunk := await part.read_chunk(64 * 1024):
+    while chunk := await _multipart_step(part.read_chunk(64 * 1024), idle_timeout):
         raw += chunk
         if len(raw) > MAX_METADATA_BYTES:
             raise RecsinkError(413, "too_large",
                                f"the JSON metadata part is over {MAX_METADATA_BYTES} bytes")
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise bad_request("bad_metadata", f"the JSON metadata part is not JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise bad_request("bad_metadata", "the JSON metadata part is not an object")
+    try:  # as the catalog will store it
+        json.dumps(meta, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # "\ud800" escapes decode to lone surrogates
+        raise bad_request("bad_metadata", "the JSON metadata part holds a lone surrogate "
+                          "(an unpaired \\ud800-\\udfff escape), which is not text") from None
+    except RecursionError:
+        raise bad_request("bad_metadata", "the JSON metadata part is nested too deep") from None
     return meta
 
 
 async def fetch(request: web.Request) -> web.StreamResponse:
     """``GET``/``HEAD`` on an upload path: the stored bytes, exactly (storage-plan probe,
     specs/kazoo.md §5.5). The doubled-segment probe path of Kazoo ≥ 4.3.106 resolves like
-    the upload path because shapes are read from the last segments."""
+    the upload path because shapes are read from the last segments. Always the whole
+    object: ``Range`` and conditional headers are ignored (Kazoo sends none; aiohttp's
+    FileResponse would answer them with bodiless 416/412 errors)."""
     target, query = await _read_target(request)
     record = await _find(request, target, query)
     if record is None or record.storage_key is None:
         raise RecsinkError(404, "not_found", "no stored recording at this path")
     storage = request.app[state.STORAGE]
-    path = storage.local_path(record.storage_key)
     headers = {hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"}
     logs.get_logger().info("recording.served", id=record.id, bytes=record.byte_size,
                            method=request.method)
-    if path is not None:
-        return web.FileResponse(path, headers=headers)
     response = web.StreamResponse(headers=headers)
     response.content_length = record.byte_size
     await response.prepare(request)
     if request.method != "HEAD":
-        async for block in storage.read(record.storage_key, 1024 * 1024):
+        # The local copy when there is one (disk, or the S3 spool while it waits to ship).
+        path = storage.local_path(record.storage_key)
+        blocks = (_file_blocks(path) if path is not None
+                  else storage.read(record.storage_key, _SERVE_BLOCK))
+        async for block in blocks:
             await response.write(block)
     await response.write_eof()
     return response
+
+
+async def _file_blocks(path: Path) -> AsyncIterator[bytes]:
+    async with aiofiles.open(path, "rb") as fh:
+        while block := await fh.read(_SERVE_BLOCK):
+            yield block
 
 
 async def _find(request: web.Request, target: Target, query: Mapping[str, str]) -> Recording | None:

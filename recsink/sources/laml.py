@@ -24,9 +24,10 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from recsink import logs, state
+from recsink.bodies import guarded
 from recsink.catalog import Recording, Status, new_id, utcnow, whole_number
 from recsink.config import LamlSettings
-from recsink.errors import RecsinkError
+from recsink.errors import RecsinkError, bad_request
 
 SOURCE = "laml"
 SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
@@ -92,7 +93,11 @@ async def callback(request: web.Request) -> web.Response:
     if request.method == "POST":
         if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
             raise RecsinkError(413, "too_large", f"a callback is at most {MAX_FORM_BYTES} bytes")
-        form = await request.post()
+        idle = request.app[state.SETTINGS].server.body_idle_timeout
+        try:
+            form = await guarded(request.post(), idle)
+        except (ValueError, LookupError, AssertionError) as exc:  # UnicodeDecodeError too
+            raise bad_request("bad_form", f"the callback body is not a form: {exc}") from None
         params = [(k, v) for k, v in form.items() if isinstance(v, str)]
     else:
         params = []
@@ -123,8 +128,21 @@ async def callback(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+#: Largest count believed from a callback (a year, in seconds). Larger ones, which SQLite's
+#: 64-bit integers may not even hold, are dropped like non-numeric ones.
+_MAX_COUNT = 365 * 24 * 3600
+
+
+def _count(text: str | None) -> int | None:
+    """A count sent as text (RecordingDuration, RecordingChannels), or None."""
+    if text is not None and len(text) > len(str(_MAX_COUNT)):  # spares int() 5000 digits
+        return None
+    value = whole_number(text)
+    return value if value is not None and value <= _MAX_COUNT else None
+
+
 def _record(fields: dict[str, str], sid: str, status: Status) -> Recording:
-    seconds = whole_number(fields.get("RecordingDuration"))
+    seconds = _count(fields.get("RecordingDuration"))
     # RecordingUrl opens the media without authentication (§B.5): kept out of the metadata
     # that the API serves; it lives in pull_url or storage_url only.
     metadata = {k: v for k, v in fields.items() if k != "RecordingUrl"}
@@ -133,7 +151,7 @@ def _record(fields: dict[str, str], sid: str, status: Status) -> Recording:
         idempotency_key=f"{SOURCE}:rid:{sid}", recording_id=sid,
         call_id=fields.get("CallSid") or None, account_id=fields.get("AccountSid") or None,
         duration_ms=seconds * 1000 if seconds is not None else None,
-        channels=whole_number(fields.get("RecordingChannels")), metadata=metadata)
+        channels=_count(fields.get("RecordingChannels")), metadata=metadata)
 
 
 def add_routes(app: web.Application, path: str) -> None:

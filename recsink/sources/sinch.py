@@ -28,6 +28,7 @@ from aiohttp import hdrs, web
 
 from recsink import logs, state
 from recsink.auth import parse_authorization
+from recsink.bodies import guarded
 from recsink.catalog import Recording, Status, new_id, utcnow
 from recsink.config import SinchApplication, SinchSettings
 from recsink.errors import RecsinkError, bad_request
@@ -114,17 +115,21 @@ async def callback(request: web.Request) -> web.Response:
     settings = request.app[state.SETTINGS].sinch
     if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
         raise RecsinkError(413, "too_large", f"a notify event is at most {MAX_EVENT_BYTES} bytes")
-    body = await request.read()  # small and capped: the signature covers the raw bytes
+    # Small and capped, read whole: the signature covers the raw bytes.
+    body = await guarded(request.read(), request.app[state.SETTINGS].server.body_idle_timeout)
     log = logs.get_logger()
     if settings.verify_signatures:
         request.app[state.SINCH].verify(request.method, request.rel_url.raw_path,
                                         request.headers, body)
     try:
         event = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise bad_request("bad_event", "the body is not JSON") from None
     if not isinstance(event, dict):
         raise bad_request("bad_event", "the body is not a JSON object")
+    if not _unicode(event):
+        raise bad_request("bad_event", "the event holds a lone surrogate (\\ud800-\\udfff): "
+                                       "not text that can be stored")
     call_id = event.get("callid") or event.get("callId")
     kind = event.get("type")
     logs.bind_request(source=SOURCE, call_id=call_id)
@@ -173,6 +178,19 @@ async def _apply(request: web.Request, event: dict[str, Any], kind: str, call_id
     if pull:
         request.app[state.FETCHER].wake()
     return record
+
+
+def _unicode(event: dict[str, Any]) -> bool:
+    """Whether the event's keys and text values (what is stored) are valid Unicode: JSON's
+    ``\\ud800`` escapes decode to lone surrogates, which SQLite cannot take."""
+    try:
+        for name, value in event.items():
+            name.encode()
+            if isinstance(value, str):
+                value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _record(key: str, call_id: str, status: Status, metadata: dict[str, Any]) -> Recording:
