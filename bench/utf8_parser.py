@@ -75,6 +75,7 @@ async def _serve(runner_kind: Runner, workdir: Path, fsync: bool, conn: Connecti
     runner: web.AppRunner
     if runner_kind == "recsink":
         runner = RecsinkAppRunner(app, read_bufsize=settings.server.read_bufsize,
+                                  read_buffer_bytes=settings.server.read_buffer_bytes,
                                   header_timeout=settings.server.header_timeout,
                                   access_log=None, handle_signals=False)
     else:

@@ -73,9 +73,13 @@ class ServerSettings(_Section):
     keepalive_timeout: float = Field(75.0, gt=0)
     #: Uploads received at once; beyond, 503 with Retry-After (the PBX retries).
     max_uploads: int = Field(256, ge=1)
-    #: Bytes read from a connection's socket at a time; aiohttp stops reading a connection
-    #: that has twice this buffered, so each connection holds at most about 3x this.
-    read_bufsize: int = Field(64 * KiB, ge=16 * KiB, le=16 * MiB)
+    #: Bytes read from a connection's socket at a time, at most; a connection holds about
+    #: this plus 64 KiB unread before recsink stops reading it.
+    read_bufsize: int = Field(256 * KiB, ge=64 * KiB, le=16 * MiB)
+    #: Memory for what all connections read ahead of their handlers, bytes: with many
+    #: connections open, all read less than ``read_bufsize`` at a time (their share of
+    #: this, 64 KiB at least).
+    read_buffer_bytes: int = Field(16 * MiB, ge=1 * MiB)
     #: Seconds in-flight requests get to finish after SIGTERM/SIGINT; the rest are aborted
     #: (nothing partial is kept; the PBX retries them).
     drain_timeout: float = Field(30.0, ge=0)

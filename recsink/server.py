@@ -54,22 +54,21 @@ _HEAD_LIMIT = 64 * 1024
 
 class _FirstHeadDeadline(asyncio.Protocol):
     """Wraps a connection's protocol and closes the connection unless its first request head
-    (up to the blank line) arrives within ``timeout`` seconds. Socket reads take at most
-    ``recv_size`` bytes (asyncio's default is 256 KiB), so what a paused connection holds
-    stays near ``server.read_bufsize``."""
+    (up to the blank line) arrives within ``timeout`` seconds. Its socket reads take the
+    read size of ``budget`` (asyncio's own is 256 KiB) while it is open."""
 
-    def __init__(self, inner: RequestHandler, timeout: float, recv_size: int) -> None:
+    def __init__(self, inner: RequestHandler, timeout: float, budget: ReadBudget) -> None:
         self._inner = inner
         self._timeout = timeout
-        self._recv_size = recv_size
+        self._budget = budget
         self._seen = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
-        if hasattr(transport, "max_size"):  # asyncio's selector transports read this much
-            setattr(transport, "max_size", self._recv_size)  # noqa: B010
+        _set_read_size(transport, self._budget.size)
+        self._budget.add(transport)
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
         self._inner.connection_made(transport)
 
@@ -97,6 +96,8 @@ class _FirstHeadDeadline(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._transport is not None:
+            self._budget.remove(self._transport)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -167,13 +168,54 @@ class _RequestHandler(RequestHandler):
         return await super().finish_response(request, resp, start_time)
 
 
+#: aiohttp stops reading a connection holding twice this unread (its flow-control limit).
+_READ_LIMIT = 32 * 1024
+
+
+class ReadBudget:
+    """Memory for what connections read ahead of their handlers, shared by all of them.
+
+    Each read from a connection's socket takes up to the read size, and aiohttp stops reading
+    a connection once it holds 2 x :data:`_READ_LIMIT` unread, so a connection holds at most
+    about its read size + 64 KiB. The read size is ``largest`` while few connections are
+    open, and shrinks for all of them (64 KiB at least) as more open, so that together they
+    stay within ``total``: large reads cost less work per byte, many connections stay within
+    the budget (bench/RESULTS.md)."""
+
+    def __init__(self, total: int, largest: int, smallest: int = 64 * 1024) -> None:
+        self._total, self._largest, self._smallest = total, largest, smallest
+        self._transports: set[asyncio.BaseTransport] = set()
+        self.size = largest
+
+    def add(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.add(transport)
+        self._resize()
+
+    def remove(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.discard(transport)
+        self._resize()
+
+    def _resize(self) -> None:
+        share = self._total // max(1, len(self._transports)) - 2 * _READ_LIMIT
+        size = max(self._smallest, min(self._largest, share)) // 4096 * 4096
+        if size != self.size:
+            self.size = size
+            for transport in self._transports:
+                _set_read_size(transport, size)
+
+
+def _set_read_size(transport: asyncio.BaseTransport, size: int) -> None:
+    if hasattr(transport, "max_size"):  # asyncio's selector transports read this much
+        setattr(transport, "max_size", size)  # noqa: B010
+
+
 class _RecsinkConnections:
     """Protocol factory: aiohttp's own request handler (with JSON refusals), the
-    pure-Python head parser and the first-head deadline."""
+    pure-Python head parser, the first-head deadline and a read size from the budget."""
 
-    def __init__(self, server: Server, read_bufsize: int, header_timeout: float) -> None:
+    def __init__(self, server: Server, budget: ReadBudget, header_timeout: float) -> None:
         self._server = server
-        self._read_bufsize = read_bufsize
+        self._budget = budget
         self._header_timeout = header_timeout
 
     def __call__(self) -> _FirstHeadDeadline:
@@ -181,29 +223,33 @@ class _RecsinkConnections:
         handler = _RequestHandler(self._server, loop=asyncio.get_running_loop(),
                                   **self._server._kwargs)
         # RequestHandler keeps its parser in BaseProtocol._parser and builds it from these
-        # same arguments; only the class differs. tests/test_e2e_replay.py guards this.
+        # same arguments (but read_bufsize: _READ_LIMIT); only the class differs.
+        # tests/test_e2e_replay.py guards this.
         handler._parser = _RequestParser(
-            handler, asyncio.get_running_loop(), self._read_bufsize,
+            handler, asyncio.get_running_loop(), _READ_LIMIT,
             max_line_size=handler.max_line_size, max_field_size=handler.max_field_size,
             max_headers=handler.max_headers, payload_exception=web.RequestPayloadError,
             max_msg_queue_size=MAX_MSG_QUEUE_SIZE)
-        return _FirstHeadDeadline(handler, self._header_timeout, self._read_bufsize)
+        return _FirstHeadDeadline(handler, self._header_timeout, self._budget)
 
 
 class RecsinkAppRunner(web.AppRunner):
-    """An AppRunner whose sites create connections through :class:`_RecsinkConnections`."""
+    """An AppRunner whose sites create connections through :class:`_RecsinkConnections`,
+    all reading under one :class:`ReadBudget`."""
 
-    def __init__(self, app: web.Application, *, read_bufsize: int, header_timeout: float,
-                 **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, read_bufsize: int, read_buffer_bytes: int,
+                 header_timeout: float, **kwargs: Any) -> None:
         super().__init__(app, read_bufsize=read_bufsize, **kwargs)
-        self._connections = (read_bufsize, header_timeout)
+        self._budget = ReadBudget(read_buffer_bytes, read_bufsize)
+        self._header_timeout = header_timeout
 
     @property
     def server(self) -> Server | None:
         server = super().server
         if server is None:
             return None
-        return _RecsinkConnections(server, *self._connections)  # type: ignore[return-value]
+        return _RecsinkConnections(  # type: ignore[return-value]
+            server, self._budget, self._header_timeout)
 
 
 async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
@@ -221,6 +267,7 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     app = create_app(settings)
     runner = RecsinkAppRunner(
         app, read_bufsize=settings.server.read_bufsize,
+        read_buffer_bytes=settings.server.read_buffer_bytes,
         header_timeout=settings.server.header_timeout,
         keepalive_timeout=settings.server.keepalive_timeout,
         # After the drain, what still runs is cancelled within a few seconds (cleanup).
