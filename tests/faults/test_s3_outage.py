@@ -128,6 +128,20 @@ async def test_s3_outages_during_load_lose_nothing_acknowledged(
     assert len(objects) == len(items) + 1, why
 
 
+async def stall_the_complete(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+    tmp_path: Path,
+) -> tuple[RunningServer, BucketStore]:
+    """A server whose S3 requests time out after 1 s without retries, behind a proxy that
+    stalls (answers held until ``up()``) once a CompleteMultipartUpload has gone through."""
+    server = s3_server(endpoint=s3_proxy.url, **{**S3_SETTINGS, "read_timeout": 1.0,
+                                                 "max_attempts": 1})
+    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    await asyncio.to_thread(s3_proxy.stall_after,
+                            lambda data: b"</CompleteMultipartUpload>" in data)
+    return server, store
+
+
 @pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
     "BUG: when the answer to CompleteMultipartUpload is lost, recsink answers 503 and fails "
     "the record, but S3 did complete the object: it stays in the bucket with no record, and "
@@ -139,12 +153,8 @@ async def test_lost_answer_to_complete_multipart_leaves_no_orphan(
     """When S3 completes a multipart upload but its answer never arrives (S3 stalls),
     recsink answers 503; once S3 is back, no object is left without a completed record and
     the PBX's retry does not store the recording a second time."""
-    server = s3_server(endpoint=s3_proxy.url, **{**S3_SETTINGS, "read_timeout": 1.0,
-                                                 "max_attempts": 1})
-    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    server, store = await stall_the_complete(s3_server, s3, bucket, s3_proxy, tmp_path)
     item = Upload("lost", "202611-lost0001", noise_wav(11 * MiB, random.Random(11)))
-    await asyncio.to_thread(s3_proxy.stall_after,
-                            lambda data: b"</CompleteMultipartUpload>" in data)
     reply = await upload(server.port, item)
     assert reply is not None
     assert reply.status == 503, reply.body
@@ -160,12 +170,8 @@ async def test_lost_answer_to_complete_multipart_is_recognised(
     """When the answer to CompleteMultipartUpload is lost (read timeout) but S3 answers
     again right after, recsink finds that S3 completed its upload (the object carries its
     record id and size) and answers 201: stored once, nothing orphaned."""
-    server = s3_server(endpoint=s3_proxy.url, **{**S3_SETTINGS, "read_timeout": 1.0,
-                                                 "max_attempts": 1})
-    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    server, store = await stall_the_complete(s3_server, s3, bucket, s3_proxy, tmp_path)
     item = Upload("late", "202611-late0001", noise_wav(11 * MiB, random.Random(12)))
-    await asyncio.to_thread(s3_proxy.stall_after,
-                            lambda data: b"</CompleteMultipartUpload>" in data)
     sending = asyncio.create_task(upload(server.port, item))
     await until(lambda: not s3_proxy.is_up, server, what="the stalled complete")
     # Past the complete's read timeout (its answer is lost), within the check that follows.
