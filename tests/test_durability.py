@@ -242,3 +242,27 @@ async def test_staging_file_left_by_a_read_only_moment_is_removed_later(
     assert [p.name for p in storage.staging_dir.iterdir()] == [second._path.name]
     await second.abort()
     assert list(storage.staging_dir.iterdir()) == []
+
+
+async def test_batch_cut_by_a_full_catalog_keeps_exactly_what_it_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """When the catalog file fills up (SQLITE_FULL, which rolls a transaction back) in the
+    middle of a group commit, every write that was answered with its row is durable and
+    every write that was answered with an error left nothing."""
+    catalog = await Catalog.open(tmp_path / "c.db")
+    [(pages,)] = await catalog._db.execute_fetchall("PRAGMA page_count")
+    await catalog._db.execute(f"PRAGMA max_page_count = {pages + 6}")
+    results = await asyncio.gather(
+        *(catalog.begin(attempt(f"k:{n}", metadata={"note": f"{n}" * 1500}))
+          for n in range(40)), return_exceptions=True)
+    acknowledged = {r.idempotency_key for r in results if isinstance(r, Recording)}
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert acknowledged
+    assert refused
+    assert all("full" in str(r) for r in refused)
+    await catalog.close()
+    reopened = await Catalog.open(tmp_path / "c.db")
+    durable = {r.idempotency_key for r in await reopened.search(limit=100)}
+    assert durable == acknowledged
+    await reopened.close()
