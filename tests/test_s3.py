@@ -215,9 +215,9 @@ def test_abandoned_claim_is_taken_over(
 def test_s3_down_then_back_nothing_acknowledged_is_lost(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
 ) -> None:
-    """With S3 unreachable, uploads are spooled (fsynced) and acknowledged; the spool
-    survives a restart; when S3 answers again the shipper moves every acknowledged
-    recording into the bucket byte-identical and empties the spool."""
+    """With S3 unreachable, uploads are spooled (fsynced), acknowledged and served from the
+    spool; the spool survives a restart; when S3 answers again the shipper moves every
+    acknowledged recording into the bucket byte-identical and empties the spool."""
     server = s3_server("node", endpoint=s3_proxy.url)
     bodies = {f"rec{n}": make_wav(0.5 + n / 10, freq=300 + 50 * n) for n in range(6)}
 
@@ -239,6 +239,9 @@ def test_s3_down_then_back_nothing_acknowledged_is_lost(
     ready = exchange(server.port, b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
     assert ready.status == 503
     assert "s3" in ready.json()["problems"]["storage"].lower()
+    probe = exchange(server.port, f"GET {path_a('rec1', '202611-rec1')} HTTP/1.1\r\n"
+                                  "host: x\r\n\r\n".encode())
+    assert (probe.status, probe.body) == (200, bodies["rec1"])
 
     server.stop()  # the spool survives a restart
     server = s3_server("node", endpoint=s3_proxy.url)

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote
 
-import aiofiles
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
@@ -301,20 +299,10 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     response.content_length = record.byte_size
     await response.prepare(request)
     if request.method != "HEAD":
-        # The local copy when there is one (disk, or the S3 spool while it waits to ship).
-        path = storage.local_path(record.storage_key)
-        blocks = (_file_blocks(path) if path is not None
-                  else storage.read(record.storage_key, _SERVE_BLOCK))
-        async for block in blocks:
+        async for block in storage.read(record.storage_key, _SERVE_BLOCK):
             await response.write(block)
     await response.write_eof()
     return response
-
-
-async def _file_blocks(path: Path) -> AsyncIterator[bytes]:
-    async with aiofiles.open(path, "rb") as fh:
-        while block := await fh.read(_SERVE_BLOCK):
-            yield block
 
 
 async def _find(request: web.Request, target: Target, query: Mapping[str, str]) -> Recording | None:

@@ -164,11 +164,9 @@ class Storage(Protocol):
     def local_root(self) -> Path | None:
         """The local directory this backend writes to (for free-space monitoring)."""
 
-    def local_path(self, key: str) -> Path | None:
-        """The object's file on this machine, when the backend has one (for sendfile)."""
-
     def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
-        """Stream the object's bytes. Raises :class:`StorageError`."""
+        """Stream the object's bytes, from the local copy when there is one (the S3 spool,
+        while a recording waits to be shipped). Raises :class:`StorageError`."""
 
     async def delete(self, key: str) -> None:
         """Remove the object at ``key`` (a commit that could not be recorded). Never raises;

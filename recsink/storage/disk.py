@@ -260,9 +260,6 @@ class DiskStorage:
     def local_root(self) -> Path:
         return self.root
 
-    def local_path(self, key: str) -> Path:
-        return self.path(key)
-
     async def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
         try:
             async with aiofiles.open(self.path(key), "rb") as fh:

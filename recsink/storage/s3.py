@@ -520,6 +520,10 @@ class S3Storage:
         return path if path.is_file() else None
 
     async def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        if self.local_path(key) is not None:  # spooled, not shipped yet
+            async for block in self.spool.read(key, chunk_size):
+                yield block
+            return
         try:
             response = await self.client.get_object(
                 Bucket=self.destination.bucket, Key=self.destination.object_key(key))
