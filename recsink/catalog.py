@@ -278,9 +278,12 @@ _TIMES = {"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at
           "next_pull_at"}
 
 
-def _columns(record: Recording) -> dict[str, Any]:
-    """Every field of ``record`` as a row (without ``dataclasses.asdict``'s deep copies)."""
-    return _to_row({name: getattr(record, name) for name in _FIELDS})
+def _columns(record: Recording, updated_at: datetime | None = None) -> dict[str, Any]:
+    """Every field of ``record`` as a row (without ``dataclasses.asdict``'s deep copies),
+    ``updated_at`` set to the given time (UTC), by default to ``received_at``."""
+    row = _to_row({name: getattr(record, name) for name in _FIELDS})
+    row["updated_at"] = iso(updated_at) if updated_at is not None else row["received_at"]
+    return row
 
 
 def _to_row(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -487,7 +490,6 @@ class Catalog:
         one more attempt counted.
         """
         row = _columns(record)
-        row["updated_at"] = row["received_at"]
         sql = _BEGIN_KEYED if record.idempotency_key is not None else _INSERT + " RETURNING *"
         return _from_row(next(iter(await self._write(sql, row))))
 
@@ -495,7 +497,6 @@ class Catalog:
         """Insert ``record`` unless a record with its idempotency key exists; the new row,
         or None (the existing record is left as it is)."""
         row = _columns(record)
-        row["updated_at"] = row["received_at"]
         rows = list(await self._write(
             f"{_INSERT} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *", row))
         return _from_row(rows[0]) if rows else None
@@ -517,8 +518,7 @@ class Catalog:
         """Record a recording found already stored (by another instance, or by
         ``recsink reindex``): insert it, or settle the unsettled row of its idempotency key.
         A settled row is left as it is. Returns the row."""
-        row = _columns(record)
-        row["updated_at"] = iso(utcnow())
+        row = _columns(record, updated_at=utcnow())
         conflict = "idempotency_key" if record.idempotency_key else "id"
         sql = f"{_INSERT} ON CONFLICT ({conflict}){_ADOPT_TAIL}"
         return _from_row(next(iter(await self._write(sql, row))))
@@ -530,7 +530,6 @@ class Catalog:
         Returns the record as it now is."""
         assert record.idempotency_key is not None
         row = _columns(record)
-        row["updated_at"] = row["received_at"]
         return _from_row(next(iter(await self._write(_TRANSITION, row))))
 
     async def transition_matching(self, record: Recording, name: str) -> Recording | None:
@@ -538,7 +537,6 @@ class Catalog:
         value under ``name`` (a top-level key) is left alone: None then."""
         assert record.idempotency_key is not None
         row = _columns(record)
-        row["updated_at"] = row["received_at"]
         row["_path"] = "$." + json.dumps(name)
         rows = list(await self._write(_TRANSITION_MATCHING, row))
         return _from_row(rows[0]) if rows else None
