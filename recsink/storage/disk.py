@@ -88,11 +88,9 @@ class DiskStaging:
             digest(block)
         with memoryview(block) as view:
             while view:
-                if self._direct:
-                    whole = len(view) - len(view) % DIRECT_ALIGN
+                whole = len(view) - len(view) % DIRECT_ALIGN if self._direct else 0
+                if whole:
                     try:
-                        if not whole:
-                            raise OSError(errno.EINVAL, "shorter than one aligned block")
                         done = os.write(fd, view[:whole])
                     except OSError as exc:
                         if exc.errno != errno.EINVAL:
@@ -100,6 +98,8 @@ class DiskStaging:
                         self._stop_direct(fd)
                         continue
                 else:
+                    if self._direct:  # a tail shorter than one aligned block
+                        self._stop_direct(fd)
                     done = os.write(fd, view[:BUFFERED_WRITE])
                 view = view[done:]
 
