@@ -12,7 +12,7 @@ from aiohttp import hdrs, web
 from recsink import state
 from recsink.auth import bearer_matches
 from recsink.catalog import Status
-from recsink.errors import RecsinkError, bad_request
+from recsink.errors import Malformed, NotFound, Unauthorized
 from recsink.metrics import CONTENT_TYPE_LATEST
 from recsink.storage import StorageError
 
@@ -29,7 +29,7 @@ def _authorize(request: web.Request) -> None:
     if tokens:
         auth.check_network(request.remote)
         if not bearer_matches(authorization, tokens):
-            raise RecsinkError(401, "unauthorized", "missing or wrong API token")
+            raise Unauthorized("unauthorized", "missing or wrong API token")
         return
     auth.check(request.remote, authorization, [], request.query)
 
@@ -40,13 +40,13 @@ async def list_recordings(request: web.Request) -> web.Response:
     _authorize(request)
     status = request.query.get("status")
     if status is not None and status not in Status.__members__.values():
-        raise bad_request("bad_query", f"status must be one of {[s.value for s in Status]}")
+        raise Malformed("bad_query", f"status must be one of {[s.value for s in Status]}")
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
-        raise bad_request("bad_query", "limit must be an integer") from None
+        raise Malformed("bad_query", "limit must be an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise bad_request("bad_query", f"limit must be between 1 and {MAX_LIMIT}")
+        raise Malformed("bad_query", f"limit must be between 1 and {MAX_LIMIT}")
     records = await request.app[state.CATALOG].search(
         call_id=request.query.get("call_id"), recording_id=request.query.get("recording_id"),
         status=Status(status) if status else None, limit=limit)
@@ -64,7 +64,7 @@ async def get_recording(request: web.Request) -> web.Response:
         matches = await catalog.search(recording_id=wanted, limit=1)
         record = matches[0] if matches else None
     if record is None:
-        raise RecsinkError(404, "not_found", f"no recording {wanted!r}")
+        raise NotFound("not_found", f"no recording {wanted!r}")
     return web.json_response(record.resource())
 
 
@@ -79,7 +79,7 @@ def _ops_token(request: web.Request) -> None:
     if not token:
         return
     if not bearer_matches(request.headers.get(hdrs.AUTHORIZATION), [token]):
-        raise RecsinkError(401, "unauthorized", "missing or wrong ops token")
+        raise Unauthorized("unauthorized", "missing or wrong ops token")
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,8 +1,9 @@
 """``create_app(settings)``: wires routes, the error middleware and resource lifetimes.
 
 Nothing here stores, parses or decides; it only connects the pieces (aiohttp-demos style).
-Catalog, storage and ingestor live in ``cleanup_ctx``: opened (storage swept, interrupted
-records recovered) before the first request, closed after the last.
+Catalog, storage, ingestor and background work live in ``cleanup_ctx``: opened (storage
+swept, the catalog migrated, interrupted uploads settled) before the first request, closed
+after the last. Errors are answered through :mod:`recsink.responses`' one table.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import aiojobs
 from aiohttp import web
 
 from recsink import api, logs, state
 from recsink.auth import UploadAuth
-from recsink.catalog import Catalog
+from recsink.catalog import open_catalog
+from recsink.commit import Commits
 from recsink.config import Settings
-from recsink.errors import RecsinkError
+from recsink.errors import NotFound, RecsinkError, Unavailable
 from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
+from recsink.responses import error_response, internal_error, status_of
 from recsink.shipper import Shipper
 from recsink.sources import kazoo, laml, sinch
 from recsink.storage import Storage
@@ -53,11 +57,16 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def resources(app: web.Application) -> AsyncIterator[None]:
-    """Open storage (sweeping staging leftovers) and the catalog, recover interrupted
-    uploads, start the spool shipper for S3; undo all of it, in reverse, at exit."""
+    """Open storage (sweeping staging leftovers) and the catalog (migrating it), settle the
+    uploads a stopped process left, start the background work (lease renewal, the settle
+    sweeper, pulls, the spool shipper for S3); undo all of it, in reverse, at exit."""
     settings = app[state.SETTINGS]
     metrics = app[state.METRICS]
+    log = logs.get_logger()
     async with contextlib.AsyncExitStack() as stack:
+        # Background jobs and shielded clean-ups; closing waits for the clean-ups.
+        scheduler = aiojobs.Scheduler(limit=None, close_timeout=5.0)
+        stack.push_async_callback(scheduler.close)
         storage: Storage
         if settings.storage.backend == "s3":
             # Imported only when used: botocore costs about 11 MiB of memory per process.
@@ -71,27 +80,38 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
             storage = DiskStorage(settings.storage.disk.root, fsync=settings.storage.disk.fsync)
             where = {"root": str(storage.root)}
         swept = await storage.start()
-        catalog = await Catalog.open(settings.catalog.path)
+        catalog = await open_catalog(settings.catalog)
         stack.push_async_callback(catalog.close)
-        ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, catalog,
-                            metrics)
-        completed, failed = await ingestor.recover()
+        commits = Commits(catalog, storage, settings.catalog)
+        stack.push_async_callback(cancel_and_wait, asyncio.create_task(commits.keep_alive()))
+        completed = failed = 0
+        try:  # what a stopped process of this catalog left (all of it, on SQLite)
+            while True:
+                done, gave_up = await commits.sweep()
+                completed, failed = completed + done, failed + gave_up
+                if not done + gave_up:
+                    break
+        except RecsinkError as exc:  # serve meanwhile; the sweeper settles them later
+            log.warning("settle.deferred", error=exc.reason())
+        stack.push_async_callback(cancel_and_wait, asyncio.create_task(
+            commits.sweep_forever(settings.catalog.sweep_interval)))
+        ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, commits,
+                            metrics, scheduler.shield)
         for name, source in (("sinch", settings.sinch), ("laml", settings.laml)):
             if not source.verify_signatures:
-                logs.get_logger().warning(
+                log.warning(
                     "callbacks.unsigned", source=name, pull=source.pull,
                     detail=f"{name}.verify_signatures is off: anyone who can reach "
                            f"{source.path} can change recording records"
                            + (" and make recsink download any URL" if source.pull else ""))
-        logs.get_logger().info(
-            "storage.ready", backend=settings.storage.backend, **where,
-            staging_swept=swept, catalog=str(settings.catalog.path),
-            recovered_completed=completed, recovered_failed=failed)
+        log.info("storage.ready", backend=settings.storage.backend, **where,
+                 staging_swept=swept, catalog=catalog.describe(),
+                 recovered_completed=completed, recovered_failed=failed)
         if settings.storage.backend == "s3":
-            shipping = asyncio.create_task(Shipper(s3, catalog, metrics).run())
+            shipping = asyncio.create_task(Shipper(s3, commits, metrics, scheduler).run())
             stack.push_async_callback(cancel_and_wait, shipping)
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        fetcher = Fetcher(settings.fetch, ingestor, catalog, metrics, http, stack)
+        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, http, stack, scheduler)
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(fetcher.run()))
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
@@ -116,8 +136,9 @@ def _request_id(request: web.Request) -> str:
 
 @web.middleware
 async def request_context(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Bind a request id to every log line of the request, render errors as JSON
-    ``{"error", "detail"}`` and log each refused or failed request once."""
+    """Bind a request id to every log line of the request, answer errors as JSON
+    ``{"error", "detail"}`` (:mod:`recsink.responses`) and log each refused or failed
+    request once."""
     logs.clear_request()
     request_id = _request_id(request)
     logs.bind_request(request_id=request_id)
@@ -126,25 +147,24 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
         _check_site(request)
         response = await handler(request)
     except RecsinkError as exc:
-        _log_error(request, exc, started)
-        response = web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        _log_error(request, exc, status_of(exc), started)
+        response = error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = RecsinkError(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        _log_error(request, error, started)
-        response = web.json_response(error.body(), status=exc.status)
+        error = RecsinkError(exc.reason.lower().replace(" ", "_"), exc.reason)
+        _log_error(request, error, exc.status, started)
+        response = error_response(error, exc.status)
         if exc.status == 405:
             response.headers["Allow"] = exc.headers.get("Allow", "")
     except asyncio.CancelledError:
-        # The drain timed out (or the client is gone for good): nothing was committed.
-        error = RecsinkError(503, "cancelled", "recsink stopped before the request finished")
-        _log_error(request, error, started)
+        # The drain timed out (or the client is gone for good): nothing was acknowledged.
+        error = Unavailable("cancelled", "recsink stopped before the request finished")
+        _log_error(request, error, 503, started)
         raise
     except Exception as exc:
-        error = RecsinkError(500, "internal_error", "recsink could not handle this request")
-        _log_error(request, error, started, exc_info=exc)
-        response = web.json_response(error.body(), status=500)
+        _log_error(request, internal_error(), 500, started, exc_info=exc)
+        response = error_response(internal_error(), 500)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
@@ -158,14 +178,13 @@ def _check_site(request: web.Request) -> None:
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     on_ops = isinstance(sockname, tuple) and sockname[1] == ops_port
     if (request.path in api.OPS_PATHS) != on_ops:
-        raise RecsinkError(404, "not_found", "Not Found")
+        raise NotFound("not_found", "Not Found")
 
 
-def _log_error(
-    request: web.Request, exc: RecsinkError, started: float, exc_info: BaseException | None = None
-) -> None:
+def _log_error(request: web.Request, exc: RecsinkError, status: int, started: float,
+               exc_info: BaseException | None = None) -> None:
     source = request.get(state.UPLOAD_SOURCE)
-    fields = dict(status=exc.status, error=exc.error, detail=exc.detail,
+    fields = dict(status=status, error=exc.code, detail=exc.detail,
                   method=request.method, remote=request.remote,
                   elapsed_ms=round((time.perf_counter() - started) * 1000, 1), **exc.fields)
     log = logs.get_logger()
@@ -180,7 +199,7 @@ def _log_error(
         return
     # An upload that got as far as a record (or broke on our side) failed; the rest were
     # refused before anything was kept.
-    failed = "record_id" in exc.fields or exc.status >= 500
+    failed = "record_id" in exc.fields or status >= 500
     request.app[state.METRICS].uploads.labels(source, "failed" if failed else "rejected").inc()
     if failed:
         log.error("upload.failed", exc_info=exc_info, **fields)

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 from recsink.config import AuthSettings
-from recsink.errors import RecsinkError
+from recsink.errors import Forbidden, Unauthorized
 
 
 def _equal(given: str, expected: str) -> bool:
@@ -83,7 +83,7 @@ class UploadAuth:
         except ValueError:
             address = None
         if address is None or not any(address in net for net in self._networks):
-            raise RecsinkError(403, "address_not_allowed",
+            raise Forbidden("address_not_allowed",
                                f"client address {remote} is not in auth.allow_networks")
 
     def check_credentials(self, authorization: str | None, query: Mapping[str, str]) -> bool:
@@ -103,7 +103,6 @@ class UploadAuth:
         token = query.get(self.settings.query_token_param)
         return bool(self._url_tokens) and token is not None and matches_any(token, self._url_tokens)
 
-    def refusal(self) -> RecsinkError:
-        headers = {"WWW-Authenticate": 'Basic realm="recsink"'} if self._basic else {}
-        return RecsinkError(401, "unauthorized", "missing or wrong credentials",
-                            headers=headers)
+    def refusal(self) -> Unauthorized:
+        return Unauthorized("unauthorized", "missing or wrong credentials",
+                            challenge='Basic realm="recsink"' if self._basic else None)

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from recsink.errors import RecsinkError, bad_request
+from recsink.errors import Malformed, Stalled
 
 _T = TypeVar("_T")
 
@@ -34,10 +34,10 @@ async def guarded(read: Awaitable[_T], idle_timeout: float) -> _T:
         async with asyncio.timeout(idle_timeout):
             return await read
     except TimeoutError:
-        raise RecsinkError(
-            408, "body_timeout", f"no body bytes for {idle_timeout:g} seconds") from None
+        raise Stalled(
+            "body_timeout", f"no body bytes for {idle_timeout:g} seconds") from None
     except _BROKEN as exc:
-        raise bad_request(
+        raise Malformed(
             "client_disconnected", f"the body broke off: {exc or type(exc).__name__}") from exc
 
 
@@ -96,7 +96,7 @@ class PartBody:
             try:
                 data = await guarded(self._part.read_chunk(max(n, 8192)), self._idle)
             except ValueError as exc:  # aiohttp: the body ended before the part's boundary
-                raise bad_request(
+                raise Malformed(
                     "bad_multipart", f"the multipart body is truncated or malformed: {exc}",
                 ) from None
             if not data and not self._part.at_eof():
@@ -117,11 +117,11 @@ class PartBody:
             cut = len(text) - len(text) % 4
             text, self._carry = text[:cut], text[cut:]
         elif text and len(text) % 4:
-            raise bad_request("bad_base64", "the media part's base64 is truncated")
+            raise Malformed("bad_base64", "the media part's base64 is truncated")
         try:
             return base64.b64decode(text, validate=True)
         except binascii.Error as exc:
-            raise bad_request("bad_base64", f"the media part is not valid base64: {exc}") from exc
+            raise Malformed("bad_base64", f"the media part is not valid base64: {exc}") from exc
 
 
 def _looks_base64(data: bytes) -> bool:

@@ -1,9 +1,12 @@
-"""``recsink serve [--config PATH]`` and ``recsink check-config [--config PATH]``.
+"""``recsink serve | check-config | migrate | reindex [--config PATH]``.
 
-``recsink reindex [--config PATH]`` rebuilds the catalog from the S3 bucket (prints counts).
+``recsink migrate`` brings the catalog's schema up to date and exits (ahead of a rolling
+upgrade of a fleet; ``serve`` migrates at start too); it prints ``{"catalog", "from", "to"}``.
+``recsink reindex`` rebuilds the catalog from the S3 bucket (prints counts).
 
 Exit status: 0 on success, 2 when the configuration is invalid (the message names each bad
-key), 1 when serving or reindexing fails (storage or catalog unusable).
+key), 1 when serving, migrating or reindexing fails (storage or catalog unusable, or a
+catalog migrated by a newer recsink).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 
 from recsink import __version__, logs
-from recsink.config import ConfigError, Settings, load_settings
+from recsink.config import ConfigError, Settings, load_settings, mask_dsn
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "run the HTTP server"),
                        ("check-config", "validate the configuration and print it, "
                                         "secrets masked"),
+                       ("migrate", "bring the catalog's schema up to date, then exit"),
                        ("reindex", "rebuild the catalog from the S3 bucket's object metadata "
                                    "(storage.backend = \"s3\")")):
         command = commands.add_parser(name, help=text, description=text)
@@ -37,8 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _effective(settings: Settings) -> str:
-    """The configuration as JSON, every secret shown as ``**********``."""
-    return json.dumps(settings.model_dump(mode="json"), indent=2)
+    """The configuration as JSON, every secret shown as ``**********`` (the catalog URL
+    with only its password masked)."""
+    effective = settings.model_dump(mode="json")
+    effective["catalog"]["url"] = mask_dsn(settings.catalog.url.get_secret_value())
+    return json.dumps(effective, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "reindex":
         return _reindex(settings)
+    if args.command == "migrate":
+        return _migrate(settings)
 
     from recsink.server import serve  # aiohttp is only needed to serve
 
@@ -63,6 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         logs.get_logger().error("server.failed", error=str(exc), exc_info=exc)
         return 1
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from recsink.catalog import open_catalog
+
+    async def migrate() -> dict[str, object]:
+        catalog = await open_catalog(settings.catalog, migrate=False)
+        try:
+            before = await catalog.schema_version()
+        finally:
+            await catalog.close()
+        catalog = await open_catalog(settings.catalog)
+        try:
+            return {"catalog": catalog.describe(), "from": before,
+                    "to": await catalog.schema_version()}
+        finally:
+            await catalog.close()
+
+    logs.configure(settings.log.level, settings.secrets(), stream=sys.stderr)
+    try:
+        result = asyncio.run(migrate())
+    except Exception as exc:
+        logs.get_logger().error("migrate.failed", error=str(exc))
+        print(f"recsink: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
     return 0
 
 

@@ -162,21 +162,18 @@ class S3Settings(_Section):
     #: Part buffers shared by all uploads, bytes: the bound on recsink's S3 buffer memory.
     #: Uploads wait for a free buffer (reading the client no further) when all are in use.
     max_buffer_bytes: int = Field(64 * MiB, ge=10 * MiB)
-    #: Attempts per S3 request (botocore standard retries, with backoff, on throttling and
-    #: 5xx), and connect/read timeouts in seconds.
+    #: Attempts per S3 request, the first included (botocore standard retries, with
+    #: backoff, on throttling and 5xx; 1: no retries), and connect/read timeouts in seconds.
     max_attempts: int = Field(5, ge=1, le=20)
     connect_timeout: float = Field(5.0, gt=0)
     read_timeout: float = Field(60.0, gt=0)
-    #: Cross-instance dedupe: a claim not refreshed for ``claim_ttl`` seconds is abandoned
-    #: (its instance died) and may be taken over; holders refresh every ``claim_refresh``.
-    claim_ttl: float = Field(60.0, gt=0)
-    claim_refresh: float = Field(15.0, gt=0)
-    #: Seconds a duplicate waits for another instance that is storing the same recording,
-    #: before answering 503 with Retry-After.
-    claim_wait: float = Field(20.0, ge=0)
     #: Local spool for recordings received while S3 is unreachable (fsynced like disk
     #: storage), shipped to S3 in the background.
     spool_dir: Path = Path("var/spool")
+    #: The name the catalog knows this spool by (a spooled copy is shipped only by the
+    #: instance whose spool holds it). Empty: ``<hostname>:<absolute spool_dir>``. Set it to
+    #: a lost instance's spool id to ship that spool from another machine.
+    spool_id: str = ""
     #: Seconds new uploads go straight to the spool after S3 was found unreachable.
     unreachable_hold: float = Field(10.0, gt=0)
     #: Shipping retries back off exponentially from 1 s up to this many seconds.
@@ -193,9 +190,7 @@ class S3Settings(_Section):
         return _bucket_credentials(credentials)
 
     @model_validator(mode="after")
-    def _refresh_within_ttl(self) -> S3Settings:
-        if self.claim_refresh * 2 > self.claim_ttl:
-            raise ValueError("claim_refresh must be at most half of claim_ttl")
+    def _two_parts(self) -> S3Settings:
         if self.max_buffer_bytes < 2 * self.part_size:
             raise ValueError("max_buffer_bytes must hold at least two parts")
         return self
@@ -243,9 +238,37 @@ class StorageSettings(_Section):
 
 
 class CatalogSettings(_Section):
-    """``[catalog]``: the SQLite catalog of recording records."""
+    """``[catalog]``: where recording records live: SQLite (one machine) or PostgreSQL (a
+    fleet of instances sharing one catalog)."""
 
+    #: The SQLite catalog, used unless ``url`` is set.
     path: Path = Path("var/recsink.db")
+    #: ``postgresql://user[:password]@host:5432/db`` (any libpq URL or DSN): a PostgreSQL
+    #: catalog shared by every instance of a fleet. Empty: SQLite at ``path``.
+    url: SecretStr = SecretStr("")
+    #: PostgreSQL connections this instance keeps at most (instances x pool_size must stay
+    #: under the server's max_connections, or PgBouncer's pool).
+    pool_size: int = Field(10, ge=1, le=1000)
+    #: Seconds to wait for a catalog connection before an operation fails (503).
+    connect_timeout: float = Field(5.0, gt=0)
+    #: Seconds a lease (an upload, pull, shipping or settle working on a record) lasts
+    #: unless renewed; holders renew it every third of this while they make progress. An
+    #: instance that dies leaves its leases to expire, and the next request or the sweeper
+    #: of any instance takes them over.
+    lease_ttl: float = Field(60.0, ge=1)
+    #: Seconds a request for a recording whose lease another upload holds waits for it to
+    #: end, before answering 503 with Retry-After.
+    lease_wait: float = Field(20.0, ge=0)
+    #: Seconds between looks for expired leases to settle (interrupted uploads).
+    sweep_interval: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        if value and not value.startswith(("postgresql://", "postgres://")) and "=" not in value:
+            raise ValueError("must be a postgresql:// URL or a libpq DSN (host=… dbname=…)")
+        return url
 
 
 class IngestSettings(_Section):
@@ -524,7 +547,24 @@ class Settings(BaseSettings):
         for azure in self.fetch.azure:
             secrets += [azure.connection_string.get_secret_value(),
                         azure.account_key.get_secret_value(), azure.sas_token.get_secret_value()]
+        secrets.append(dsn_password(self.catalog.url.get_secret_value()) or "")
         return [s for s in secrets if s]
+
+
+def dsn_password(url: str) -> str | None:
+    """The password a PostgreSQL URL (``postgresql://user:pw@host/db``) or key/value DSN
+    (``password=pw``) carries, if any."""
+    if m := re.search(r"://[^:/@]*:([^@]*)@", url):
+        return m[1]
+    if m := re.search(r"(?:^|\s)password=(\S*)", url):
+        return m[1]
+    return None
+
+
+def mask_dsn(url: str) -> str:
+    """A PostgreSQL URL or DSN with its password shown as ``***``."""
+    password = dsn_password(url)
+    return url.replace(password, "***") if password else url
 
 
 def is_loopback(host: str) -> bool:

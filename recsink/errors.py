@@ -1,7 +1,14 @@
-"""The HTTP error vocabulary: every refusal recsink answers, as one exception type.
+"""Domain errors: what recsink decided it cannot do, named, without an HTTP status.
 
-Each error becomes a short JSON body ``{"error": <code>, "detail": <text>}`` with its status
-(DESIGN.md "HTTP errors"); the error middleware in :mod:`recsink.app` renders and logs it.
+Ingest, storage, the catalog and the source adapters raise these; one table at the web edge
+(:mod:`recsink.responses`) turns each kind into a status and a JSON body ``{"error": <code>,
+"detail": <text>}`` (DESIGN.md "Errors: decided inside, mapped at the edge"). Background work
+(pulls, shipping, settling) records the same codes as its failure reasons.
+
+Every error carries a stable machine-readable ``code`` (``too_large``, ``storage_full``,
+``bad_signature``, …), one human sentence as ``detail``, and ``fields`` for its log line
+(bytes received so far, the record id, …). :class:`Unavailable` errors also say after how many
+seconds trying again makes sense (``retry_after``).
 """
 
 from __future__ import annotations
@@ -10,37 +17,66 @@ from typing import Any
 
 
 class RecsinkError(Exception):
-    """A request recsink refuses or could not complete.
+    """A request or job recsink refuses or could not complete; see the module docstring."""
 
-    ``status``: the HTTP status; ``error``: a stable machine-readable code; ``detail``: one
-    human sentence; ``headers``: extra response headers (``Retry-After``);
-    ``fields``: context for the log line (bytes received so far, …).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **fields: Any,
-    ) -> None:
+    def __init__(self, code: str, detail: str, **fields: Any) -> None:
         super().__init__(detail)
-        self.status = status
-        self.error = error
+        self.code = code
         self.detail = detail
-        self.headers = headers or {}
         self.fields = fields
 
     def body(self) -> dict[str, str]:
-        return {"error": self.error, "detail": self.detail}
+        """The JSON body of the answer."""
+        return {"error": self.code, "detail": self.detail}
+
+    def reason(self) -> str:
+        """``<code>: <detail>``, as a failed job records it."""
+        return f"{self.code}: {self.detail}"
 
 
-def bad_request(error: str, detail: str, **fields: Any) -> RecsinkError:
-    return RecsinkError(400, error, detail, **fields)
+class Malformed(RecsinkError):
+    """The request, its metadata, its framing or its body is not what the sender's wire
+    format says (a body that broke off or is shorter than declared included)."""
 
 
-def unavailable(error: str, detail: str, retry_after: int = 30, **fields: Any) -> RecsinkError:
-    """503 with ``Retry-After`` seconds: storage is unavailable and nothing was kept."""
-    return RecsinkError(503, error, detail, headers={"Retry-After": str(retry_after)}, **fields)
+class Unauthorized(RecsinkError):
+    """Credentials or a callback signature are missing or wrong; ``challenge`` names the
+    scheme to answer with (``Basic realm="recsink"``), if any."""
+
+    def __init__(self, code: str, detail: str, *, challenge: str | None = None,
+                 **fields: Any) -> None:
+        super().__init__(code, detail, **fields)
+        self.challenge = challenge
+
+
+class Forbidden(RecsinkError):
+    """The client's address is not allowed."""
+
+
+class NotFound(RecsinkError):
+    """Nothing is stored (or routed) where the request points."""
+
+
+class Stalled(RecsinkError):
+    """The body stopped arriving for longer than ``server.body_idle_timeout``."""
+
+
+class TooLarge(RecsinkError):
+    """The body is over its cap (``ingest.max_bytes``, or a callback's own limit)."""
+
+
+class NotAudio(RecsinkError):
+    """The body is not a recording in an accepted format (sniffed from its bytes)."""
+
+
+class Unavailable(RecsinkError):
+    """recsink cannot do it now (storage, catalog, another instance busy with the same
+    recording, stopping); nothing was kept. Try again in ``retry_after`` seconds."""
+
+    def __init__(self, code: str, detail: str, *, retry_after: int = 30, **fields: Any) -> None:
+        super().__init__(code, detail, **fields)
+        self.retry_after = retry_after
+
+
+class Full(RecsinkError):
+    """Where recsink writes (storage, spool or catalog) is out of space; nothing was kept."""

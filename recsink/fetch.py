@@ -2,13 +2,15 @@
 
 A callback (Sinch ``recording_available``, SignalWire ``completed``) with pulling enabled
 leaves its record ``uploading`` with ``pull_state = "pending"`` and the media's location in
-``pull_url``. The :class:`Fetcher` background task takes due pulls from the catalog, at most
-``fetch.workers`` at a time, and streams each one through :meth:`Ingestor.ingest
-<recsink.ingest.Ingestor.ingest>` under the record's own idempotency key, so a pulled
-recording gets the same size cap, sniffing, hashing, storage and dedupe as an upload, and
+``pull_url``. The :class:`Fetcher` claims due pulls from the catalog, at most
+``fetch.workers`` at a time, each under the record's lease (so each pull runs on one
+instance of a fleet, however many received the callback), and streams each one through
+:meth:`Ingestor.ingest <recsink.ingest.Ingestor.ingest>` under that lease, so a pulled
+recording gets the same size cap, sniffing, hashing, storage and commit as an upload, and
 its record becomes ``completed``. A failed attempt is retried after ``fetch.backoff`` seconds,
 doubled each time up to ``fetch.backoff_max``; after ``fetch.max_attempts`` the record ends
-``failed`` with the reason. The queue lives in the catalog, so it survives a restart.
+``failed`` with the reason. The queue lives in the catalog, so it survives a restart, and a
+crashed instance's pulls are claimed again when their leases expire.
 
 Locations: ``https://`` and ``http://`` (a plain GET; SignalWire media needs no
 authentication, specs/callbacks.md §B.5), ``s3://`` and ``gs://`` (``[[fetch.buckets]]``
@@ -19,8 +21,6 @@ without authentication), so logs show only their scheme and host.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -29,13 +29,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import aiojobs
 
 from recsink import logs
 from recsink.bodies import ChunksBody, RawBody
-from recsink.catalog import Catalog, Recording, Status, utcnow
+from recsink.catalog import Status, utcnow
+from recsink.commit import Commits, Held
 from recsink.config import FetchAzure, FetchBucket, FetchSettings, S3Settings
 from recsink.errors import RecsinkError
 from recsink.ingest import Body, Ingestor, Intake
+from recsink.jobs import Worker
 from recsink.metrics import Metrics
 
 # aiobotocore and the Azure SDK are imported when a pull first needs them: a server that
@@ -48,8 +51,12 @@ if TYPE_CHECKING:
 IDLE = 1.0
 
 
-class PullError(Exception):
-    """A pull attempt failed; the message is the reason kept on the record."""
+class PullError(RecsinkError):
+    """The media could not be opened where the platform said it is; kept on the record as
+    the attempt's reason (``pull_source: …``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("pull_source", detail)
 
 
 @dataclass
@@ -67,75 +74,63 @@ def where(url: str) -> str:
 
 
 class Fetcher:
-    """Pulls recordings in the background; :meth:`run` is the task, :meth:`wake` nudges it."""
+    """Pulls recordings in the background: a :class:`~recsink.jobs.Worker` on the catalog's
+    pull queue (:meth:`run` is its loop, :meth:`wake` nudges it)."""
 
-    def __init__(self, settings: FetchSettings, ingestor: Ingestor, catalog: Catalog,
-                 metrics: Metrics, http: aiohttp.ClientSession, stack: AsyncExitStack) -> None:
+    def __init__(self, settings: FetchSettings, ingestor: Ingestor, commits: Commits,
+                 metrics: Metrics, http: aiohttp.ClientSession, stack: AsyncExitStack,
+                 scheduler: aiojobs.Scheduler) -> None:
         self.settings = settings
         self.ingestor = ingestor
-        self.catalog = catalog
+        self.commits = commits
+        self.catalog = commits.catalog
         self.metrics = metrics
         self._http = http
         self._stack = stack
         self._s3: dict[str, S3Client] = {}
-        self._wake = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
-        self._busy: set[str] = set()  # record ids being pulled now
+        self.worker = Worker("pull", self._claim, self._pull_once, scheduler,
+                             limit=settings.workers, idle=IDLE, tick=self._tick)
         self._log = logs.get_logger()
 
     def wake(self) -> None:
         """A pull was queued: look at the catalog now rather than at the next tick."""
-        self._wake.set()
+        self.worker.wake()
 
     async def run(self) -> None:
         """Pull due recordings forever, ``fetch.workers`` at a time (cancel to stop)."""
-        try:
-            while True:
-                self._wake.clear()
-                self.metrics.pulls_pending.set(await self.catalog.pending("pull"))
-                free = self.settings.workers - len(self._running)
-                due = [r for r in await self.catalog.due("pull", utcnow(), free + len(self._busy))
-                       if r.id not in self._busy][:free] if free > 0 else []
-                for record in due:
-                    self._busy.add(record.id)
-                    task = asyncio.create_task(self._pull_once(record))
-                    self._running.add(task)
-                    task.add_done_callback(self._done)
-                if not due or free <= len(due):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE)
-        finally:
-            for task in self._running:
-                task.cancel()
-            if self._running:
-                await asyncio.wait(list(self._running))
+        await self.worker.run()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._wake.set()
+    async def _tick(self) -> None:
+        self.metrics.pulls_pending.set(await self.catalog.pending("pull"))
 
-    async def _pull_once(self, record: Recording) -> None:
+    async def _claim(self, limit: int) -> list[Held]:
+        owner = self.commits.new_owner()
+        rows = await self.catalog.claim("pull", owner, self.commits.ttl, limit)
+        return [self.commits.hold(row, owner) for row in rows]
+
+    async def _pull_once(self, held: Held) -> None:
+        record = held.record
+        # The write that settles the record says the pull is done, in one go.
+        held.settles = dict(pull_state="done", pull_error=None,
+                            pull_attempts=record.pull_attempts + 1, next_pull_at=None)
         try:
-            try:
-                outcome = await self.pull(record)
-            except Exception as exc:
-                await self._retry_later(record, exc)
-                return
-        finally:
-            self._busy.discard(record.id)
-        await self.catalog.update(record.id, pull_state="done", pull_error=None,
-                                  pull_attempts=record.pull_attempts + 1, next_pull_at=None)
+            # An earlier attempt may have stopped mid-commit: settle what it left first.
+            created = await self.commits.settle(held) is None and await self.pull(held)
+        except Exception as exc:
+            await self._retry_later(held, exc)
+            return
         self._log.info("pull.stored", id=record.id, source=record.source,
-                       call_id=record.call_id, duplicate=not outcome,
+                       call_id=record.call_id, duplicate=not created,
                        attempts=record.pull_attempts + 1, location=where(record.pull_url or ""))
 
-    async def pull(self, record: Recording) -> bool:
-        """Stream ``record.pull_url`` into storage through ingest; True when this stored it,
-        False when it was stored already. Raises :class:`PullError` and ingest's errors."""
+    async def pull(self, held: Held) -> bool:
+        """Stream ``held.record.pull_url`` into storage through ingest, under the lease
+        held; True when this stored it. Raises :class:`PullError` and ingest's errors."""
+        record = held.record
         assert record.pull_url is not None
         async with self.open(record.pull_url) as media:
             intake = Intake(
-                source=record.source, body=media.body, key=record.idempotency_key,
+                source=record.source, body=media.body, held=held,
                 recording_id=record.recording_id, call_id=record.call_id,
                 interaction_id=record.interaction_id, account_id=record.account_id,
                 from_uri=record.from_uri, to_uri=record.to_uri, started_at=record.started_at,
@@ -145,24 +140,28 @@ class Fetcher:
             outcome = await self.ingestor.ingest(intake)
         return outcome.created
 
-    async def _retry_later(self, record: Recording, exc: Exception) -> None:
+    async def _retry_later(self, held: Held, exc: Exception) -> None:
+        record = held.record
         attempts = record.pull_attempts + 1
-        reason = (f"{exc.error}: {exc.detail}" if isinstance(exc, RecsinkError)
-                  else str(exc) or type(exc).__name__)
+        reason = exc.reason() if isinstance(exc, RecsinkError) else str(exc) or type(exc).__name__
+        values: dict[str, Any]
         if attempts >= self.settings.max_attempts:
-            await self.catalog.update(
-                record.id, status=Status.FAILED, pull_state="failed", pull_attempts=attempts,
-                pull_error=reason, error=f"pull failed: {reason}", next_pull_at=None)
+            values = dict(status=Status.FAILED, pull_state="failed", pull_attempts=attempts,
+                          pull_error=reason, error=f"pull failed: {reason}", next_pull_at=None)
             self._log.error("pull.failed", id=record.id, source=record.source,
                             attempts=attempts, reason=reason,
                             location=where(record.pull_url or ""))
-            return
-        delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (attempts - 1))
-        await self.catalog.update(
-            record.id, status=Status.UPLOADING, pull_attempts=attempts, pull_error=reason,
-            error=None, next_pull_at=utcnow() + timedelta(seconds=delay))
-        self._log.warning("pull.retry", id=record.id, source=record.source, attempts=attempts,
-                          retry_in_s=delay, reason=reason, location=where(record.pull_url or ""))
+        else:
+            delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (attempts - 1))
+            values = dict(status=Status.UPLOADING, pull_attempts=attempts, pull_error=reason,
+                          error=None, next_pull_at=utcnow() + timedelta(seconds=delay))
+            self._log.warning("pull.retry", id=record.id, source=record.source,
+                              attempts=attempts, retry_in_s=delay, reason=reason,
+                              location=where(record.pull_url or ""))
+        if held.leftover:  # something to settle first: the settle queue sees it at once
+            await self.commits.leave(held, **values)
+        else:
+            await self.commits.release(held, **values)
 
     # -- locations ---------------------------------------------------------------------------
 

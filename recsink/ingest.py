@@ -5,21 +5,23 @@ Every recording goes through :meth:`Ingestor.ingest`, whatever its source (DESIG
 byte path"). Source adapters hand it an :class:`Intake`: who the recording is, what the sender
 said about it, and a :class:`Body` to read. Ingest then:
 
-1. answers 413 before reading when the declared length is over ``ingest.max_bytes``;
-2. answers 200 with the existing record, without reading, when the sender's recording id is
+1. refuses before reading a declared length over ``ingest.max_bytes`` (:class:`TooLarge`);
+2. answers with the existing record, without reading, when the sender's recording id is
    already stored (the idempotency key is known up front);
-3. reads the first bytes and sniffs the format (415 for anything but an allowed format);
-4. streams the body into a storage staging object in ``ingest.chunk_size`` blocks, hashing
+3. reads the first bytes and sniffs the format (:class:`NotAudio` for anything else);
+4. holds the record's lease in the catalog (:mod:`recsink.commit`): the row of its key, or a
+   new row when the key depends on the content; a recording another upload is storing right
+   now waits for it, then is a duplicate (or 503 after ``catalog.lease_wait``);
+5. streams the body into a storage staging object in ``ingest.chunk_size`` blocks, hashing
    (sha256, and MD5 when Content-MD5 was sent) in a worker thread while the block is written,
-   and counting bytes against the cap (413) and the declared length (400);
-5. makes the staged bytes durable, reads duration, sample rate and channels from them;
-6. commits under a lock on the idempotency key: a key already settled makes this upload a
-   duplicate (staging discarded, 200); otherwise the catalog records the intended object
-   first, then storage commits it (never overwriting), then the catalog marks it completed
-   and the answer is 201.
+   and counting bytes against the cap and the declared length;
+6. makes the staged bytes durable, reads duration, sample rate and channels from them;
+7. gives a recording without a recording id its content key (call id and sha256), which may
+   make it a duplicate of one stored before; then commits (intent, storage commit,
+   completed: :meth:`recsink.commit.Commits.commit`).
 
-On any failure, including a client that disconnects, the staging object is discarded, the
-record is marked ``failed`` and nothing is committed.
+On any failure, including a client that disconnects, the staging object is discarded and the
+record is marked ``failed``; a commit whose outcome is unknown leaves its intent to be settled.
 """
 
 from __future__ import annotations
@@ -28,11 +30,8 @@ import asyncio
 import base64
 import hashlib
 import mmap
-import sqlite3
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -50,24 +49,19 @@ from recsink.audio import (
     probe_parts,
     sniff,
 )
-from recsink.catalog import SETTLED, Catalog, Recording, Status, new_id, utcnow
+from recsink.catalog import Catalog, Recording, Status, new_id, utcnow
+from recsink.commit import Commits, Held
 from recsink.config import IngestSettings
-from recsink.errors import RecsinkError, bad_request, unavailable
+from recsink.errors import Malformed, NotAudio, RecsinkError, TooLarge
 from recsink.metrics import Metrics
-from recsink.storage import (
-    AlreadyStored,
-    Claim,
-    ClaimBusy,
-    Existing,
-    Staging,
-    Storage,
-    StorageError,
-    Stored,
-)
+from recsink.storage import Staging, Storage, StorageError
 from recsink.storage.keys import render_key
 
 #: Blocks are multiples of this many bytes (and so of any O_DIRECT alignment).
 MIN_BLOCK = 64 * 1024
+
+#: Runs clean-up that must finish even when the request is cancelled (a tracked job).
+Shield = Callable[[Awaitable[None]], Awaitable[None]]
 
 
 class Body(Protocol):
@@ -75,9 +69,9 @@ class Body(Protocol):
 
     async def read(self, n: int) -> bytes:
         """Some bytes, about ``n`` (> 0) and never none before the end; ``b""`` once the
-        body is complete. Raises
-        :class:`recsink.errors.RecsinkError` when the body breaks off (client gone: 400,
-        silent too long: 408, malformed framing: 400)."""
+        body is complete. Raises :class:`~recsink.errors.RecsinkError` when the body breaks
+        off (client gone: :class:`~recsink.errors.Malformed`, silent too long:
+        :class:`~recsink.errors.Stalled`, malformed framing)."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +83,9 @@ class Intake:
     in milliseconds (the measured duration wins when the file has one).
     ``content_length``: bytes the body declares, checked against what arrives;
     ``content_md5``: the 16-byte digest from a Content-MD5 header. ``allow_probe``
-    admits Kazoo's text credentials probe (specs/kazoo.md §5.5). ``key`` overrides the
-    idempotency key (a pull attaches the bytes to the record its callback created).
+    admits Kazoo's text credentials probe (specs/kazoo.md §5.5). ``held`` is the record's
+    lease when the caller holds it already (a pull attaches the bytes to the record its
+    callback created; the caller settles and releases it).
     """
 
     source: str
@@ -109,14 +104,14 @@ class Intake:
     content_length: int | None = None
     content_md5: bytes | None = None
     allow_probe: bool = False
-    #: The idempotency key, when the source decided it (a pulled recording's record).
-    key: str | None = None
+    held: Held | None = None
 
     @property
     def idempotency_key(self) -> str | None:
-        """The key known before reading: the source's, else the sender's recording id."""
-        if self.key is not None:
-            return self.key
+        """The key known before reading: the held record's, else the sender's recording
+        id."""
+        if self.held is not None:
+            return self.held.record.idempotency_key
         return f"{self.source}:rid:{self.recording_id}" if self.recording_id else None
 
     def content_key(self, sha256: str) -> str:
@@ -131,27 +126,6 @@ class Outcome:
 
     record: Recording
     created: bool
-
-
-class KeyedLocks:
-    """One asyncio lock per key, alive only while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class _Blocks:
@@ -195,20 +169,11 @@ class _Attempt:
     started: float
     blocks: _Blocks
     fmt: Format
-    record: Recording
-    claim: Claim | None = None
+    held: Held
     staging: Staging | None = None
     sha256: str = ""
     head: bytes = b""  # the body's first EDGE_BYTES, for probe_parts
     tail: bytes = b""  # the body's last EDGE_BYTES, for probe_parts
-
-    async def drop(self) -> None:
-        """Throw the staged bytes away and give up the claim (never raises)."""
-        if self.staging is not None:
-            await self.staging.abort()
-        if self.claim is not None:
-            claim, self.claim = self.claim, None
-            await claim.release()
 
 
 class Ingestor:
@@ -219,116 +184,120 @@ class Ingestor:
         settings: IngestSettings,
         key_template: str,
         storage: Storage,
-        catalog: Catalog,
+        commits: Commits,
         metrics: Metrics,
+        shield: Shield,
     ) -> None:
         self.settings = settings
         self.key_template = key_template
         self.storage = storage
-        self.catalog = catalog
+        self.commits = commits
+        self.catalog: Catalog = commits.catalog
         self.metrics = metrics
-        self._locks = KeyedLocks()
-        # Attempts running per record id: a record shared by concurrent attempts (same
-        # recording id) is only marked failed when the last of them fails.
-        self._running: Counter[str] = Counter()
+        self._shield = shield
         self._streaming = 0  # uploads between their first and last block
         self._block_bytes = 0  # their blocks, bytes
         self._log = logs.get_logger()
 
     def check_length(self, declared: int | None) -> None:
-        """Raise 413 when a declared body length is over the cap (before reading)."""
+        """Raise :class:`TooLarge` when a declared body length is over the cap."""
         if declared is not None and declared > self.settings.max_bytes:
-            raise RecsinkError(
-                413, "too_large",
+            raise TooLarge(
+                "too_large",
                 f"body of {declared} bytes is over the {self.settings.max_bytes}-byte limit",
                 bytes=0)
 
     async def ingest(self, intake: Intake) -> Outcome:
         """Store ``intake`` exactly once; see the module docstring for the steps.
 
-        Raises :class:`RecsinkError`: 400 (length or Content-MD5 mismatch, body broke off),
-        408 (body silent too long), 413 (over the cap), 415 (not an allowed format),
-        503 (storage or catalog unavailable, or another instance storing the same recording),
-        507 (storage full).
+        Raises domain errors: :class:`Malformed` (length or Content-MD5 mismatch, body broke
+        off), :class:`~recsink.errors.Stalled`, :class:`TooLarge`, :class:`NotAudio`,
+        :class:`~recsink.errors.Unavailable` (storage or catalog unavailable, another
+        upload of the same recording still running), :class:`~recsink.errors.Full`.
         """
         started = time.perf_counter()
         self.check_length(intake.content_length)
         key = intake.idempotency_key
-        claim: Claim | None = None
-        try:
-            existing = await self.catalog.by_key(key) if key is not None else None
-            if existing is not None and existing.status in SETTLED:
+        if key is not None and intake.held is None:
+            existing = await self.catalog.by_key(key)
+            if existing is not None and existing.settled:
                 return self._duplicate(intake, existing, started)
-            blocks = _Blocks(intake.body)
-            head = await blocks.read(SNIFF_BYTES)
-            fmt = self._format(head, intake)
-            if key is not None:
-                claimed = await self._claim(intake, key)
-                if isinstance(claimed, Recording):
-                    return self._duplicate(intake, claimed, started)
-                claim = claimed
-            record = await self.catalog.begin(self._new_record(intake, key))
-        except BaseException as exc:
-            if claim is not None:
-                await asyncio.shield(claim.release())
-            if isinstance(exc, sqlite3.Error):
-                raise _catalog_error(exc) from exc
-            raise
-        if record.status in SETTLED:  # stored by a concurrent attempt since the check above
-            if claim is not None:
-                # Keep the claim naming the stored object, for the other instances.
-                await (claim.settle(record.storage_key) if record.storage_key
-                       else claim.release())
-            return self._duplicate(intake, record, started)
+        blocks = _Blocks(intake.body)
+        head = await blocks.read(SNIFF_BYTES)
+        fmt = self._format(head, intake)
+        record = self._new_record(intake, key)
+        if intake.held is not None:
+            held = intake.held
+        elif key is not None:
+            taken = await self.commits.take(record)
+            if isinstance(taken, Recording):
+                return self._duplicate(intake, taken, started)
+            held = taken
+        else:
+            held = await self.commits.create(record)
 
-        attempt = _Attempt(intake, started, blocks, fmt, record, claim)
-        self._running[record.id] += 1
+        attempt = _Attempt(intake, started, blocks, fmt, held)
         self.metrics.in_flight.inc()
         try:
-            attempt.staging = await self.storage.open_staging(
-                self._planned_key(intake, record, fmt), record.object_metadata())
-            await self._stream(attempt, head)
-            local = await attempt.staging.finish()
-            facts: AudioFacts
-            if local is not None:
-                facts = await asyncio.to_thread(probe, local, fmt)
-            else:
-                facts = await asyncio.to_thread(
-                    probe_parts, attempt.head, attempt.tail, blocks.total, fmt)
-            return await self._commit(attempt, facts)
+            return await self._store(attempt, head)
         except BaseException as exc:
-            error = self._as_http_error(exc)
-            reason = error.error if error is not None else type(exc).__name__
-            await asyncio.shield(self._fail(attempt, reason))
-            if error is None:
-                raise
-            error.fields.setdefault("bytes", blocks.total)
-            error.fields["record_id"] = record.id
-            if error is exc:
-                raise
-            raise error from exc
+            await self._shield(self._fail(attempt, exc))
+            if isinstance(exc, RecsinkError):
+                exc.fields.setdefault("bytes", blocks.total)
+                exc.fields["record_id"] = held.id
+                if isinstance(exc, StorageError):
+                    self.metrics.storage_errors.inc()
+            raise
         finally:
-            self._running[record.id] -= 1
-            if not self._running[record.id]:
-                del self._running[record.id]
             self.metrics.in_flight.dec()
 
-    async def _claim(self, intake: Intake, key: str) -> Claim | Recording:
-        """Claim ``key`` across instances sharing the storage: the claim, or the record of
-        the recording another instance already stored (adopted into this catalog)."""
-        try:
-            claimed = await self.storage.claim(key)
-        except ClaimBusy as exc:
-            raise unavailable("claimed_elsewhere", str(exc), retry_after=exc.retry_after,
-                              ) from exc
-        except StorageError as exc:
-            raise self._storage_error(exc) from exc
-        if isinstance(claimed, Existing):
-            found = Recording.from_object_metadata(
-                claimed.meta, claimed.key, self.storage.url(claimed.key))
-            found.idempotency_key = key
-            return await self.catalog.adopt(found)
-        return claimed
+    async def _store(self, attempt: _Attempt, head: bytes) -> Outcome:
+        intake, held, blocks = attempt.intake, attempt.held, attempt.blocks
+        base = self._planned_key(intake, held.record, attempt.fmt)
+        attempt.staging = await self.storage.open_staging(
+            base, held.record.object_metadata(), self.commits.recorder(held))
+        await self._stream(attempt, head)
+        local = await attempt.staging.finish()
+        held.committing = True
+        facts: AudioFacts
+        if local is not None:
+            facts = await asyncio.to_thread(probe, local, attempt.fmt)
+        else:
+            facts = await asyncio.to_thread(probe_parts, attempt.head, attempt.tail, blocks.total,
+                                     attempt.fmt)
+        if held.record.idempotency_key is None:
+            found = await self.commits.bind(held, intake.content_key(attempt.sha256))
+            if found is not None:
+                if await attempt.staging.abort():
+                    await self.catalog.delete(held.id)
+                    self.commits.drop(held)
+                else:  # its multipart upload is still open: the sweeper settles the row
+                    await self.commits.leave(held, error="duplicate")
+                return self._duplicate(intake, found, attempt.started, bytes=blocks.total)
+
+        duration_ms = facts.duration_ms if facts.duration_ms is not None else intake.duration_ms
+        columns: dict[str, Any] = dict(
+            sha256=attempt.sha256, byte_size=blocks.total, format=attempt.fmt.value,
+            media_type=attempt.fmt.media_type, channels=facts.channels,
+            sample_rate=facts.sample_rate, duration_ms=duration_ms,
+            stopped_at=(intake.started_at + timedelta(milliseconds=duration_ms)
+                        if intake.started_at and duration_ms is not None else None))
+
+        minimum = self.settings.min_duration_ms
+        if attempt.fmt is not Format.PROBE and duration_ms is not None and duration_ms < minimum:
+            await attempt.staging.abort()
+            record = await self.commits.release(
+                held, status=Status.DISCARDED, upload_key=None, upload_id=None,
+                error=f"shorter than ingest.min_duration_ms ({duration_ms} < {minimum} ms)",
+                **{**columns, **held.settles})
+            self._finish("discarded", intake, record, attempt.started, bytes=blocks.total)
+            return Outcome(record, created=False)
+
+        record = await self.commits.commit(held, attempt.staging, base, **columns)
+        self._finish("stored", intake, record, attempt.started, bytes=blocks.total,
+                     sha256=attempt.sha256, storage_key=record.storage_key,
+                     spooled=record.ship_state == "pending")
+        return Outcome(record, created=True)
 
     def _format(self, head: bytes, intake: Intake) -> Format:
         fmt = sniff(head)
@@ -336,8 +305,8 @@ class Ingestor:
             return Format.PROBE
         if fmt is None or fmt.value not in self.settings.formats:
             what = "an empty body" if not head else f"a body starting {head[:8]!r}"
-            raise RecsinkError(
-                415, "unsupported_format",
+            raise NotAudio(
+                "unsupported_format",
                 f"{what} is not a recording in an accepted format "
                 f"({', '.join(self.settings.formats)}); the format is read from the bytes",
                 bytes=len(head))
@@ -347,10 +316,10 @@ class Ingestor:
         """Where the recording is meant to be stored (``storage.key_template``)."""
         return render_key(
             self.key_template,
-            {"account_id": intake.account_id, "owner_id": intake.owner_id,
-             "call_id": intake.call_id, "recording_id": intake.recording_id or record.id,
-             "id": record.id, "source": intake.source, "ext": fmt.value},
-            intake.started_at or record.received_at)
+            {"account_id": record.account_id, "owner_id": intake.owner_id,
+             "call_id": record.call_id, "recording_id": record.recording_id or record.id,
+             "id": record.id, "source": record.source, "ext": fmt.value},
+            record.started_at or record.received_at)
 
     def _new_record(self, intake: Intake, key: str | None) -> Recording:
         metadata = dict(intake.metadata)
@@ -381,7 +350,8 @@ class Ingestor:
         The block is one page-aligned buffer per upload (so disk storage can write it with
         O_DIRECT), of :meth:`block_size` bytes, filled in place and handed to storage with
         the hashing: one thread hop per block, no copy made per block."""
-        intake, blocks, staging = attempt.intake, attempt.blocks, attempt.staging
+        intake, blocks, staging, held = attempt.intake, attempt.blocks, attempt.staging, \
+            attempt.held
         assert staging is not None
         cap = PROBE_MAX_BYTES if attempt.fmt is Format.PROBE else self.settings.max_bytes
         sha256 = hashlib.sha256()
@@ -401,10 +371,11 @@ class Ingestor:
                     attempt.head = bytes(view[:min(filled, EDGE_BYTES)])
                 while filled:
                     if blocks.total > cap:
-                        raise RecsinkError(413, "too_large", f"body is over the {cap}-byte limit")
+                        raise TooLarge("too_large", f"body is over the {cap}-byte limit")
                     block = view[:filled]
                     await staging.write(block, digest)
                     received.inc(filled)
+                    held.moved = True
                     if edges:
                         attempt.tail = (bytes(block[-EDGE_BYTES:]) if filled >= EDGE_BYTES
                                         else (attempt.tail + bytes(block))[-EDGE_BYTES:])
@@ -414,90 +385,13 @@ class Ingestor:
             self._block_bytes -= size  # the buffer is unmapped once its last view is gone
             self._streaming -= 1
         if intake.content_length is not None and blocks.total != intake.content_length:
-            raise bad_request(
+            raise Malformed(
                 "length_mismatch",
                 f"received {blocks.total} bytes, Content-Length said {intake.content_length}")
         if md5 is not None and md5.digest() != intake.content_md5:
-            raise bad_request(
+            raise Malformed(
                 "content_md5_mismatch", "the body's MD5 differs from the Content-MD5 header")
         attempt.sha256 = sha256.hexdigest()
-
-    async def _commit(self, attempt: _Attempt, facts: AudioFacts) -> Outcome:
-        intake, record, staging = attempt.intake, attempt.record, attempt.staging
-        assert staging is not None
-        size, started = attempt.blocks.total, attempt.started
-        key = intake.idempotency_key or intake.content_key(attempt.sha256)
-        async with self._locks.hold(key):
-            existing = await self.catalog.by_key(key)
-            if existing is not None and existing.status in SETTLED:
-                await attempt.drop()
-                if existing.id != record.id:
-                    await self.catalog.delete(record.id)
-                return self._duplicate(intake, existing, started, bytes=size)
-            if existing is not None and existing.id != record.id:
-                # An earlier attempt with the same content that never completed.
-                await self.catalog.release_key(existing.id)
-            if attempt.claim is None:  # the key depends on the content: claim it now
-                claimed = await self._claim(intake, key)
-                if isinstance(claimed, Recording):
-                    await attempt.drop()
-                    await self.catalog.delete(record.id)
-                    return self._duplicate(intake, claimed, started, bytes=size)
-                attempt.claim = claimed
-
-            duration_ms = facts.duration_ms
-            if duration_ms is None:
-                duration_ms = intake.duration_ms
-            facts_columns: dict[str, Any] = dict(
-                idempotency_key=key, sha256=attempt.sha256, byte_size=size,
-                format=attempt.fmt.value, media_type=attempt.fmt.media_type,
-                channels=facts.channels, sample_rate=facts.sample_rate, duration_ms=duration_ms,
-                stopped_at=(intake.started_at + timedelta(milliseconds=duration_ms)
-                            if intake.started_at and duration_ms is not None else None))
-
-            minimum = self.settings.min_duration_ms
-            if (attempt.fmt is not Format.PROBE and duration_ms is not None
-                    and duration_ms < minimum):
-                await attempt.drop()
-                record = await self.catalog.update(
-                    record.id, status=Status.DISCARDED,
-                    error=f"shorter than ingest.min_duration_ms ({duration_ms} < {minimum} ms)",
-                    **facts_columns)
-                self._finish("discarded", intake, record, started, bytes=size)
-                return Outcome(record, created=False)
-
-            # Intent first: a crash after the commit below is recovered from this row.
-            record = await self.catalog.update(
-                record.id, storage_key=staging.key, **facts_columns)
-            try:
-                stored = await staging.commit(record.object_metadata())
-            except AlreadyStored as same:  # another attempt stored these very bytes there
-                await staging.abort()
-                assert attempt.claim is not None
-                await attempt.claim.settle(same.key)
-                record = await self.catalog.update(
-                    record.id, **_completed(Stored(same.key, self.storage.url(same.key))))
-                return self._duplicate(intake, record, started, bytes=size)
-            # The claim is settled before the record completes: a crash in between leaves
-            # the record "uploading" with its intent, which recover() settles from storage.
-            # (The other way round, a crash would leave a completed record whose claim
-            # says "uploading", and another instance would store a second copy.)
-            assert attempt.claim is not None
-            if stored.pending:
-                # Spooled: whoever ships first stores it; the shipper claims again then.
-                await attempt.claim.release()
-            else:
-                await attempt.claim.settle(stored.key)
-            try:
-                record = await self.catalog.update(record.id, **_completed(stored))
-            except BaseException:
-                # Not acknowledged, so not kept: the PBX's retry stores it afresh (a
-                # claim naming a vanished object is taken over).
-                await asyncio.shield(self.storage.delete(stored.key))
-                raise
-        self._finish("stored", intake, record, started, bytes=size, sha256=attempt.sha256,
-                     storage_key=stored.key, spooled=stored.pending)
-        return Outcome(record, created=True)
 
     def _duplicate(
         self, intake: Intake, record: Recording, started: float, bytes: int = 0
@@ -518,77 +412,34 @@ class Ingestor:
             format=record.format, duration_ms=record.duration_ms,
             elapsed_ms=round(elapsed * 1000, 1), **fields)
 
-    async def _fail(self, attempt: _Attempt, reason: str) -> None:
-        """Drop the attempt; mark its record failed with ``reason`` (the error code the
-        client was answered) unless another attempt on it still runs."""
-        await attempt.drop()
-        record = attempt.record
-        if self._running[record.id] > 1:
-            return  # another attempt on this record is still running
+    async def _fail(self, attempt: _Attempt, exc: BaseException) -> None:
+        """Drop the attempt and give its lease up: the record ``failed`` with the error
+        code the client was answered, or, when something may be left in storage (a commit
+        whose outcome is unknown, a multipart upload S3 would not abort), its lease left to
+        expire now, so that the next taker or the sweeper settles it. A lease the caller
+        holds (a pull) stays the caller's. Never raises."""
+        held = attempt.held
+        if attempt.staging is not None and not held.leftover:
+            held.leftover = not await attempt.staging.abort()
+        reason = exc.code if isinstance(exc, RecsinkError) else type(exc).__name__
+        if attempt.intake.held is not None:  # the caller's lease: it decides what follows
+            if not held.leftover:
+                try:
+                    held.record = await self.catalog.update(
+                        held.id, held.lease, storage_key=None, upload_key=None, upload_id=None)
+                except RecsinkError as db_exc:
+                    held.leftover = True
+                    self._log.error("catalog.error", id=held.id, error=db_exc.reason())
+            return
+        if held.leftover:
+            await self.commits.leave(held, error=reason)
+            return
         try:
-            current = await self.catalog.get(record.id)
-            if current is not None and current.status not in SETTLED:
-                await self.catalog.update(record.id, status=Status.FAILED, error=reason)
-        except Exception as db_exc:  # the original error is what the client needs to see
-            self._log.error("catalog.error", id=record.id, error=repr(db_exc))
-
-    def _as_http_error(self, exc: BaseException) -> RecsinkError | None:
-        """The answer for a failed upload; None for errors that are not the client's
-        business (cancellation, bugs), which propagate as they are."""
-        if isinstance(exc, RecsinkError):
-            return exc
-        if isinstance(exc, StorageError):
-            return self._storage_error(exc)
-        if isinstance(exc, sqlite3.Error):
-            return _catalog_error(exc)
-        return None
-
-    def _storage_error(self, exc: StorageError) -> RecsinkError:
-        self.metrics.storage_errors.inc()
-        if exc.full:
-            return RecsinkError(507, "storage_full", str(exc))
-        return unavailable("storage_unavailable", str(exc))
-
-    async def recover(self) -> tuple[int, int]:
-        """Settle records left ``uploading`` by a stopped process (call before serving):
-        one whose intended object is in storage with the recorded size and sha256 becomes
-        ``completed``, any other ``failed``. Returns (completed, failed)."""
-        completed = failed = 0
-        for record in await self.catalog.interrupted():
-            found = None
-            if record.storage_key and record.sha256:
-                found = await self.storage.find(record.storage_key)
-            if found is not None and (found.size, found.sha256) == (
-                    record.byte_size, record.sha256):
-                await self.catalog.update(record.id, **_completed(found.stored))
-                completed += 1
-                if record.idempotency_key is not None and not found.stored.pending:
-                    try:
-                        await self.storage.settle_recovered(
-                            record.idempotency_key, found.stored.key)
-                    except StorageError as exc:
-                        self._log.warning("claim.settle_failed", id=record.id,
-                                          error=str(exc))
-            else:
-                await self.catalog.update(
-                    record.id, status=Status.FAILED, error="interrupted")
-                failed += 1
-        return completed, failed
-
-
-def _completed(stored: Stored) -> dict[str, Any]:
-    """The catalog columns of a record whose object is committed at ``stored``: completed,
-    and queued for the shipper when the object waits in the spool."""
-    return dict(status=Status.COMPLETED, storage_key=stored.key, storage_url=stored.url,
-                error=None, ship_state="pending" if stored.pending else None,
-                next_ship_at=utcnow() if stored.pending else None)
-
-
-def _catalog_error(exc: sqlite3.Error) -> RecsinkError:
-    """The answer when the catalog cannot record an upload: nothing was committed."""
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-        return RecsinkError(507, "storage_full", f"catalog: {exc}")
-    return unavailable("catalog_unavailable", f"catalog: {exc}")
+            await self.commits.release(held, status=Status.FAILED, error=reason,
+                                       storage_key=None, upload_key=None, upload_id=None)
+        except RecsinkError as db_exc:  # the client's error is what it needs to see
+            self._log.error("catalog.error", id=held.id, error=db_exc.reason())
+            self.commits.drop(held)  # its lease expires; the sweeper settles it
 
 
 def _update(sha256: Any, md5: Any, block: memoryview) -> None:
@@ -598,7 +449,8 @@ def _update(sha256: Any, md5: Any, block: memoryview) -> None:
 
 
 def decode_content_md5(value: str | None) -> bytes | None:
-    """The 16-byte digest of a ``Content-MD5`` header (base64, RFC 1864). Raises 400."""
+    """The 16-byte digest of a ``Content-MD5`` header (base64, RFC 1864). Raises
+    :class:`Malformed`."""
     if value is None:
         return None
     try:
@@ -606,5 +458,5 @@ def decode_content_md5(value: str | None) -> bytes | None:
     except ValueError:
         digest = b""
     if len(digest) != 16:
-        raise bad_request("bad_content_md5", "Content-MD5 must be a base64 MD5 digest")
+        raise Malformed("bad_content_md5", "Content-MD5 must be a base64 MD5 digest")
     return digest

@@ -1,11 +1,14 @@
-"""``recsink reindex``: rebuild an instance's catalog from the bucket's object metadata.
+"""``recsink reindex``: rebuild the catalog from the bucket.
 
-Every object under the S3 prefix (recsink's own ``.recsink/`` objects excepted) is read with
+Every object under the S3 prefix (recsink 0.1's ``.recsink/`` objects excepted) is read with
 HeadObject and recorded as a completed recording from its ``x-amz-meta-*``
-(:meth:`~recsink.catalog.Recording.from_object_metadata`). Records the catalog already has
-settled are left alone, unsettled ones are completed, missing ones are added; nothing in the
-bucket changes. Use it for a new instance, after losing a catalog, or to let an instance
-answer GET probes and API queries for recordings another instance stored.
+(:meth:`~recsink.catalog.Recording.from_object_metadata`). What an object's create-time
+metadata does not carry (a multipart object's sha256, duration, sample rate and channels,
+which live in the catalog only) is recomputed from the object itself: its bytes are read
+once, hashed, and its first and last bytes probed (:func:`~recsink.audio.probe_parts`).
+Records the catalog already has settled are left alone (their objects are not read),
+unsettled ones are completed, missing ones are added; nothing in the bucket changes. Use it
+after losing a catalog, or to bring a bucket written by recsink 0.1 into a fleet's catalog.
 """
 
 from __future__ import annotations
@@ -14,49 +17,78 @@ import asyncio
 import hashlib
 from collections import Counter
 
-from recsink.catalog import SETTLED, Catalog, Recording
+from recsink.audio import EDGE_BYTES, Format, probe_parts
+from recsink.catalog import SETTLED, Recording, open_catalog
 from recsink.config import Settings
 from recsink.metrics import Metrics
 from recsink.storage.s3 import S3Storage
 from recsink.storage.s3client import open_client
 
-#: HeadObject requests in flight.
+#: Objects looked at in parallel.
 PARALLEL = 16
+#: Bytes read from an object at a time while recomputing its facts.
+READ_BLOCK = 1024 * 1024
 
 
 async def reindex(settings: Settings) -> dict[str, int]:
     """Reindex the catalog of ``settings`` from its bucket; returns counts of objects
-    ``seen``, records ``added``, ``completed`` (were unsettled) and ``unchanged``."""
+    ``seen``, records ``added``, ``completed`` (were unsettled), ``unchanged``, and objects
+    whose facts were ``recomputed`` from their bytes."""
     counts: Counter[str] = Counter()
     async with open_client(settings.storage.s3) as client:
         storage = S3Storage(client, settings.storage.s3, Metrics())
-        catalog = await Catalog.open(settings.catalog.path)
+        catalog = await open_catalog(settings.catalog)
         try:
             limit = asyncio.Semaphore(PARALLEL)
 
             async def one(key: str) -> None:
                 async with limit:
                     meta = await storage.head(key)
-                if meta is None:
-                    return
-                counts["seen"] += 1
-                # An object recsink did not write gets an id that stays the same across runs.
-                stable_id = "rec_" + hashlib.sha256(key.encode()).hexdigest()[:20]
-                meta.setdefault("recsink-id", stable_id)
-                record = Recording.from_object_metadata(meta, key, storage.url(key))
-                before = (await catalog.by_key(record.idempotency_key) if record.idempotency_key
-                          else await catalog.get(record.id))
-                await catalog.adopt(record)
-                if before is None:
-                    counts["added"] += 1
-                elif before.status in SETTLED:
-                    counts["unchanged"] += 1
-                else:
-                    counts["completed"] += 1
+                    if meta is None:
+                        return
+                    counts["seen"] += 1
+                    # An object recsink did not write gets an id that stays the same.
+                    stable_id = "rec_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+                    meta.setdefault("recsink-id", stable_id)
+                    record = Recording.from_object_metadata(meta, key, storage.url(key))
+                    before = (await catalog.by_key(record.idempotency_key)
+                              if record.idempotency_key else await catalog.get(record.id))
+                    if before is not None and before.status in SETTLED:
+                        counts["unchanged"] += 1
+                        return
+                    if record.sha256 is None or record.duration_ms is None:
+                        await _recompute(storage, record)
+                        counts["recomputed"] += 1
+                    await catalog.adopt(record)
+                    counts["added" if before is None else "completed"] += 1
 
             async with asyncio.TaskGroup() as group:
                 async for key in storage.list_objects():
                     group.create_task(one(key))
         finally:
             await catalog.close()
-    return {k: counts[k] for k in ("seen", "added", "completed", "unchanged")}
+    return {k: counts[k] for k in ("seen", "added", "completed", "unchanged", "recomputed")}
+
+
+async def _recompute(storage: S3Storage, record: Recording) -> None:
+    """Fill ``record``'s sha256, size and audio facts from its object's bytes."""
+    assert record.storage_key is not None
+    digest = hashlib.sha256()
+    head = bytearray()
+    tail = b""
+    size = 0
+    async for block in storage.read(record.storage_key, READ_BLOCK):
+        digest.update(block)
+        if len(head) < EDGE_BYTES:
+            head += block[:EDGE_BYTES - len(head)]
+        tail = (tail + block)[-EDGE_BYTES:]
+        size += len(block)
+    record.sha256 = digest.hexdigest()
+    record.byte_size = size
+    fmt = Format(record.format) if record.format in ("wav", "mp3") else None
+    if fmt is not None:
+        facts = await asyncio.to_thread(probe_parts, bytes(head), tail, size, fmt)
+        record.duration_ms = record.duration_ms if facts.duration_ms is None \
+            else facts.duration_ms
+        record.sample_rate = facts.sample_rate or record.sample_rate
+        record.channels = facts.channels or record.channels

@@ -45,8 +45,9 @@ from aiohttp.web_server import Server
 from recsink import logs, state
 from recsink.app import cancel_and_wait, create_app
 from recsink.config import Settings
-from recsink.errors import RecsinkError
+from recsink.errors import Malformed, RecsinkError
 from recsink.notify import Notifier
+from recsink.responses import error_response, internal_error
 
 #: Bytes of a connection's first data searched for the end of its request head.
 _HEAD_LIMIT = 64 * 1024
@@ -140,15 +141,15 @@ class _RequestHandler(RequestHandler):
             raise ConnectionError("the response is already partly sent")
         log = logs.get_logger()
         if status >= 500:
-            error = RecsinkError(status, "internal_error", "recsink could not handle this request")
-            log.error("request.rejected", status=status, error=error.error, detail=error.detail,
+            error = internal_error()
+            log.error("request.rejected", status=status, error=error.code, detail=error.detail,
                       remote=request.remote, exc_info=exc)
         else:
             detail = (message or HTTPStatus(status).phrase)[:_DETAIL_MAX]
-            error = RecsinkError(status, "bad_request", f"malformed request: {detail}")
-            log.warning("request.rejected", status=status, error=error.error,
+            error = Malformed("bad_request", f"malformed request: {detail}")
+            log.warning("request.rejected", status=status, error=error.code,
                         detail=error.detail, remote=request.remote)
-        response = web.json_response(error.body(), status=status)
+        response = error_response(error, status)
         response.force_close()
         return response
 
@@ -159,12 +160,11 @@ class _RequestHandler(RequestHandler):
         if resp.status >= 400 and not resp.prepared and resp.content_type != "application/json":
             reason = resp.reason or HTTPStatus(resp.status).phrase
             text = resp.text if isinstance(resp, web.Response) else None
-            error = RecsinkError(resp.status, reason.lower().replace(" ", "_"),
-                                 (text or reason)[:_DETAIL_MAX])
-            logs.get_logger().warning("request.rejected", status=error.status,
-                                      error=error.error, detail=error.detail,
+            error = RecsinkError(reason.lower().replace(" ", "_"), (text or reason)[:_DETAIL_MAX])
+            logs.get_logger().warning("request.rejected", status=resp.status,
+                                      error=error.code, detail=error.detail,
                                       method=request.method, remote=request.remote)
-            resp = web.json_response(error.body(), status=error.status)
+            resp = error_response(error, resp.status)
         return await super().finish_response(request, resp, start_time)
 
 

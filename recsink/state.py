@@ -19,7 +19,7 @@ from aiohttp import web
 from recsink.auth import UploadAuth
 from recsink.catalog import Catalog
 from recsink.config import Settings
-from recsink.errors import unavailable
+from recsink.errors import Unavailable
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
 from recsink.storage import Storage
@@ -52,10 +52,10 @@ class UploadGate:
     def check(self) -> None:
         """Raise 503 (Retry-After) when every slot is taken or recsink is stopping."""
         if self.draining:
-            raise unavailable("stopping", "recsink is stopping; try again shortly",
+            raise Unavailable("stopping", "recsink is stopping; try again shortly",
                               retry_after=5)
         if self.receiving >= self.limit:
-            raise unavailable("busy", f"{self.receiving} uploads are being received "
+            raise Unavailable("busy", f"{self.receiving} uploads are being received "
                               f"(server.max_uploads); try again shortly", retry_after=5)
 
     @contextmanager

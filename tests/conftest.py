@@ -31,6 +31,8 @@ from aiohttp.test_utils import TestClient
 from recsink.app import create_app
 from recsink.config import Settings
 from tests.azure_support import azurite  # noqa: F401  (fixture)
+from tests.faults.shim import fault_shim  # noqa: F401  (fixture)
+from tests.pg_fixtures import pg_dsn, postgres  # noqa: F401  (fixtures)
 from tests.s3_fixtures import bucket, moto, s3, s3_proxy, s3_server  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]

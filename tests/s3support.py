@@ -171,6 +171,8 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.got_eof = False
         self.write_blocked = False
+        #: A client whose current request's answer is to be lost (``drop_answer_to``).
+        self.dropping = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -202,8 +204,18 @@ class _Side(asyncio.Protocol):
             t.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        if not self.accepted and self.peer is not None and self.peer.dropping:
+            # The server answered the request whose answer is to be lost: drop it and
+            # reset the client's connection (the server keeps what it did).
+            self.peer.abort()
+            self.abort()
+            return
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
+            drop = self.proxy._drop_answer_to
+            if self.accepted and drop is not None and drop(data):
+                self.proxy._drop_answer_to = None
+                self.dropping = True
             trigger = self.proxy._stall_after
             if self.accepted and trigger is not None and trigger(data):
                 # Forwarded, then nothing more moves: the request is served, its answer held.
@@ -258,7 +270,8 @@ class TcpProxy:
 
     ``down()`` refuses new connections and resets open ones, ``stall()`` keeps connections but
     stops moving bytes, ``stall_after(request)`` does so once a chosen request went through
-    (its answer is lost), ``up()`` restores normal forwarding on the same port. The methods are
+    (its answer is lost), ``drop_answer_to(request)`` loses that one answer only, ``up()``
+    restores normal forwarding on the same port. The methods are
     thread-safe and return once the change is in effect.
     """
 
@@ -274,6 +287,7 @@ class TcpProxy:
         self._connecting: set[asyncio.Task[None]] = set()
         self._stalled = False
         self._stall_after: Callable[[bytes], bool] | None = None
+        self._drop_answer_to: Callable[[bytes], bool] | None = None
 
     @staticmethod
     def _bind(port: int) -> socket.socket:
@@ -328,6 +342,17 @@ class TcpProxy:
 
         async def arm() -> None:
             self._stall_after = request
+
+        self._call(arm)
+
+    def drop_answer_to(self, request: Callable[[bytes], bool]) -> None:
+        """Lose the answer to one request: once bytes a client sends, for which ``request``
+        is true, have been forwarded, the server's answer to them is dropped and that
+        client's connection reset; every other connection goes on as before (a lost answer,
+        the server having done what was asked)."""
+
+        async def arm() -> None:
+            self._drop_answer_to = request
 
         self._call(arm)
 

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 import tomli_w
 
-from recsink.config import ConfigError, Settings, is_loopback, load_settings
+from recsink.config import (
+    ConfigError,
+    Settings,
+    dsn_password,
+    is_loopback,
+    load_settings,
+    mask_dsn,
+)
 
 MASK = "**********"
 PASSWORD = "pa55-w0rd-Zq9"
@@ -291,7 +298,8 @@ def test_check_config_without_file_prints_defaults() -> None:
     printed = json.loads(result.stdout)
     assert printed["server"] == {**printed["server"], "host": "127.0.0.1", "port": 8080}
     assert printed["storage"]["disk"] == {"root": "var/recordings", "fsync": True}
-    assert printed["catalog"] == {"path": "var/recsink.db"}
+    assert printed["catalog"]["path"] == "var/recsink.db"
+    assert printed["catalog"]["url"] == ""
 
 
 def test_check_config_bad_config_exits_2(tmp_path: Path) -> None:
@@ -331,16 +339,17 @@ def test_serve_refuses_an_open_non_loopback_listener(tmp_path: Path) -> None:
 
 
 def test_s3_settings_are_validated_with_their_keys() -> None:
-    """The s3 backend needs a destination; malformed destinations, credentials, part sizes
-    and claim timings are refused with errors that name their key; credentials are secret."""
+    """The s3 backend needs a destination; malformed destinations, credentials and part
+    sizes are refused with errors that name their key; credentials are secret."""
     cases = {
         "storage.s3.url: required": {"storage": {"backend": "s3"}},
         "storage.s3.url: must be s3://": {"storage": {"s3": {"url": "http://bucket"}}},
         "storage.s3.credentials: must be AccessKey:SecretKey:Region":
             {"storage": {"s3": {"credentials": "AK:SK"}}},
         "storage.s3.part_size": {"storage": {"s3": {"part_size": 1024}}},
-        "claim_refresh must be at most half of claim_ttl":
-            {"storage": {"s3": {"claim_refresh": 40, "claim_ttl": 60}}},
+        "max_buffer_bytes must hold at least two parts":
+            {"storage": {"s3": {"part_size": 8 * 1024 * 1024,
+                                "max_buffer_bytes": 12 * 1024 * 1024}}},
     }
     for expected, data in cases.items():
         with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("*", r"\*")):
@@ -350,6 +359,30 @@ def test_s3_settings_are_validated_with_their_keys() -> None:
     assert "GOOGKEY" in settings.secrets()
     assert "secret" in settings.secrets()
     assert "GOOGKEY" not in repr(settings)
+
+
+def test_catalog_url_is_checked_and_its_password_masked() -> None:
+    """``catalog.url`` must be a PostgreSQL URL or DSN; its password is a secret for the
+    log redactor and never shows in the effective configuration or the settings' repr."""
+    with pytest.raises(ConfigError, match=r"catalog\.url: must be a postgresql:// URL"):
+        load_settings_from({"catalog": {"url": "mysql://db/recsink"}})
+    settings = Settings(catalog={"url": "postgresql://recsink:s3cr%40t@db:5432/recsink"})
+    assert "s3cr%40t" in settings.secrets()
+    assert "s3cr%40t" not in repr(settings)
+    assert mask_dsn(settings.catalog.url.get_secret_value()) == \
+        "postgresql://recsink:***@db:5432/recsink"
+    assert mask_dsn("host=db dbname=recsink password=pw") == "host=db dbname=recsink password=***"
+    assert dsn_password("postgresql://recsink@db/recsink") is None
+
+
+def test_check_config_masks_only_the_catalog_password(tmp_path: Path) -> None:
+    """``check-config`` shows the catalog URL with only its password masked."""
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps({"catalog": {"url": "postgresql://rs:pw@db:5432/rs"}}))
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["catalog"]["url"] == "postgresql://rs:***@db:5432/rs"
+    assert "pw@" not in result.stdout
 
 
 def load_settings_from(data: dict[str, Any]) -> Settings:

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from recsink.catalog import Catalog, Recording, Status, new_id, utcnow
+from recsink.catalog import Lease, Recording, Status, new_id, utcnow
+from recsink.catalog.sqlite import SqliteCatalog
+from recsink.storage import KeyTaken
 from recsink.storage.disk import DiskStorage
 from tests.conftest import TESTBODY, remount, stored_files
 
@@ -22,22 +24,34 @@ def attempt(key: str | None = None, **fields: Any) -> Recording:
                      idempotency_key=key, **fields)
 
 
+async def acquire(catalog: SqliteCatalog, key: str, **fields: Any) -> Recording:
+    """The row of ``key``, held by a new lease."""
+    record = attempt(key, **fields)
+    row = await catalog.acquire(record, Lease(record.id, "test/1"), 60)
+    assert row is not None
+    return row
+
+
 async def test_interrupted_uploads_settle_at_start(tmp_path: Path, make_client: Any) -> None:
-    """Records left ``uploading``: one whose intended object is in place with its size and
-    sha256 becomes ``completed``; one whose object is missing or different, or that never got
-    as far, becomes ``failed``."""
+    """Records a stopped process left held: one whose intended object is in place with its
+    size and sha256 becomes ``completed``; one whose object is missing or different, or
+    that never got as far as naming it, becomes ``failed`` (``interrupted``)."""
     root = tmp_path / "recordings"
-    catalog = await Catalog.open(tmp_path / "recsink.db")
+    catalog = await SqliteCatalog.open(tmp_path / "recsink.db")
     sha = hashlib.sha256(TESTBODY).hexdigest()
     intents = {}
     for name, content in (("placed", TESTBODY), ("missing", None), ("other", b"x" * 1034)):
-        record = await catalog.begin(attempt(f"kazoo:rid:{name}"))
-        await catalog.update(record.id, storage_key=f"a/{name}.mp3", sha256=sha, byte_size=1034)
+        record = attempt(f"kazoo:rid:{name}")
+        lease = Lease(record.id, "stopped:1:0/1")
+        await catalog.acquire(record, lease, 600)
+        await catalog.update(record.id, lease, storage_key=f"a/{name}.mp3", sha256=sha,
+                             byte_size=1034)
         if content is not None:
             (root / "a").mkdir(parents=True, exist_ok=True)
             (root / "a" / f"{name}.mp3").write_bytes(content)
         intents[name] = record.id
-    early = await catalog.begin(attempt("kazoo:rid:early"))
+    early = attempt("kazoo:rid:early")
+    await catalog.acquire(early, Lease(early.id, "stopped:1:0/2"), 600)
     await catalog.close()
 
     client = await make_client()
@@ -71,24 +85,28 @@ def test_disk_keys_never_leave_the_root(tmp_path: Path, key: str) -> None:
         storage.path(key)
 
 
-async def test_commit_links_without_overwriting(tmp_path: Path) -> None:
-    """A commit to a taken key lands on the next variant; the staging name is gone and the
-    existing object is unchanged."""
+async def test_commit_never_overwrites(tmp_path: Path) -> None:
+    """A commit to a taken key raises KeyTaken and leaves the existing file as it was; the
+    staged bytes then commit under the next name, and the staging name is gone."""
     storage = DiskStorage(tmp_path / "root")
     assert await storage.start() == 0
-    keys = []
-    for body in (b"first", b"second", b"third"):
-        staging = await storage.open_staging("acct/2024/rec.mp3")
-        await staging.write(body)
-        await staging.finish()
-        keys.append((await staging.commit({})).key)
-    assert keys == ["acct/2024/rec.mp3", "acct/2024/rec~2.mp3", "acct/2024/rec~3.mp3"]
-    assert [storage.path(k).read_bytes() for k in keys] == [b"first", b"second", b"third"]
+    first = await storage.open_staging("acct/2024/rec.mp3")
+    await first.write(b"first")
+    await first.finish()
+    assert (await first.commit("acct/2024/rec.mp3", {})).key == "acct/2024/rec.mp3"
+    second = await storage.open_staging("acct/2024/rec.mp3")
+    await second.write(b"second")
+    await second.finish()
+    with pytest.raises(KeyTaken):
+        await second.commit("acct/2024/rec.mp3", {})
+    assert (await second.commit("acct/2024/rec~2.mp3", {})).key == "acct/2024/rec~2.mp3"
+    assert storage.path("acct/2024/rec.mp3").read_bytes() == b"first"
+    assert storage.path("acct/2024/rec~2.mp3").read_bytes() == b"second"
     assert list(storage.staging_dir.iterdir()) == []
-    found = await storage.find(keys[0])
+    found = await storage.find("acct/2024/rec.mp3")
     assert found is not None
     assert (found.size, found.sha256) == (5, hashlib.sha256(b"first").hexdigest())
-    assert found.stored.url == storage.path(keys[0]).as_uri()
+    assert found.stored.url == storage.path("acct/2024/rec.mp3").as_uri()
     assert await storage.find("acct/none.mp3") is None
 
 
@@ -104,22 +122,6 @@ async def test_aborted_staging_leaves_nothing(tmp_path: Path) -> None:
         await staging.abort()
         await staging.abort()
     assert list(storage.staging_dir.iterdir()) == []
-
-
-async def test_settled_records_are_not_reopened(tmp_path: Path) -> None:
-    """``begin`` on a completed key returns it untouched; on a failed key it reopens the
-    same record as ``uploading`` with one more attempt."""
-    catalog = await Catalog.open(tmp_path / "c.db")
-    done = await catalog.begin(attempt("k:done"))
-    await catalog.update(done.id, status=Status.COMPLETED)
-    again = await catalog.begin(attempt("k:done"))
-    assert (again.id, again.status, again.attempts) == (done.id, Status.COMPLETED, 1)
-    failed = await catalog.begin(attempt("k:failed"))
-    await catalog.update(failed.id, status=Status.FAILED, error="client_disconnected")
-    retry = await catalog.begin(attempt("k:failed"))
-    assert (retry.id, retry.status, retry.attempts, retry.error) == (
-        failed.id, Status.UPLOADING, 2, None)
-    await catalog.close()
 
 
 async def test_full_catalog_answers_507_and_keeps_nothing(make_client: Any) -> None:
@@ -150,12 +152,16 @@ async def test_full_catalog_answers_507_and_keeps_nothing(make_client: Any) -> N
     assert again.status == 200
 
 
-async def test_commit_the_catalog_cannot_record_is_undone(make_client: Any) -> None:
-    """If the catalog fails after the object is linked into place, the object is removed
-    again: nothing unacknowledged stays in storage."""
+async def test_a_commit_the_catalog_cannot_complete_is_settled_not_deleted(
+    make_client: Any,
+) -> None:
+    """If the catalog refuses the completing write after the object is linked into place,
+    the answer is 503 and nothing is deleted (the write may have committed after all); once
+    the catalog takes writes again, the record is settled ``completed`` and the PBX's retry
+    answers 200 with it: stored once."""
     from recsink import state
 
-    client = await make_client()
+    client = await make_client(catalog={"sweep_interval": 0.1, "lease_ttl": 1.0})
     catalog = client.app[state.CATALOG]
     # A real SQLite trigger refuses exactly the completing write.
     await catalog._db.execute(
@@ -166,22 +172,27 @@ async def test_commit_the_catalog_cannot_record_is_undone(make_client: Any) -> N
     assert reply.status == 503
     assert (await reply.json())["error"] == "catalog_unavailable"
     root = client.app[state.SETTINGS].storage.disk.root
-    assert stored_files(root) == []
-    assert not list((root / ".staging").iterdir())
+    assert len(stored_files(root)) == 1
+    await catalog._db.execute("DROP TRIGGER refuse_completion")
+    again = await client.put("/kazoo/call_recording_c1.mp3", data=TESTBODY,
+                             params={"recording_id": "r1"})
+    assert again.status == 200
     [record] = (await (await client.get("/v1/recordings")).json())["recordings"]
-    assert record["status"] == "failed"
+    assert record["status"] == "completed"
+    assert [p.as_uri() for p in stored_files(root)] == [record["storage_url"]]
+    assert not list((root / ".staging").iterdir())
 
 
 async def test_concurrent_writes_share_a_commit_and_fail_alone(tmp_path: Path) -> None:
     """Writes issued together are committed together (fewer WAL commits than writes), each
     gets its own row back, and a statement that fails fails only its own caller."""
-    catalog = await Catalog.open(tmp_path / "c.db")
+    catalog = await SqliteCatalog.open(tmp_path / "c.db")
     await catalog._db.execute(
         "CREATE TRIGGER refuse_one BEFORE INSERT ON recordings "
         "WHEN NEW.idempotency_key = 'k:7' BEGIN SELECT RAISE(ABORT, 'refused'); END")
     await catalog._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an empty WAL
     results = await asyncio.gather(
-        *(catalog.begin(attempt(f"k:{n}")) for n in range(20)), return_exceptions=True)
+        *(acquire(catalog, f"k:{n}") for n in range(20)), return_exceptions=True)
     [(_, wal_frames, _)] = await catalog._db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
     assert wal_frames < 20  # 20 transactions would append at least one frame each
     refused = [r for r in results if isinstance(r, BaseException)]
@@ -192,7 +203,7 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(tmp_path: Path) -
         f"k:{n}" for n in range(20) if n != 7)
     await catalog.close()
     # Durable: a fresh connection sees all 19 rows and not the refused one.
-    reopened = await Catalog.open(tmp_path / "c.db")
+    reopened = await SqliteCatalog.open(tmp_path / "c.db")
     assert len(await reopened.search(limit=100)) == 19
     assert await reopened.by_key("k:7") is None
     await reopened.close()
@@ -217,7 +228,7 @@ async def test_direct_io_staging_keeps_unaligned_writes_exact(tmp_path: Path) ->
         pieces.append(piece)
     path = await staging.finish()
     assert path.read_bytes() == b"".join(pieces)
-    stored = await staging.commit()
+    stored = await staging.commit("a/b.wav", {})
     assert (tmp_path / "r" / stored.key).read_bytes() == b"".join(pieces)
 
 
@@ -250,19 +261,19 @@ async def test_batch_cut_by_a_full_catalog_keeps_exactly_what_it_acknowledged(
     """When the catalog file fills up (SQLITE_FULL, which rolls a transaction back) in the
     middle of a group commit, every write that was answered with its row is durable and
     every write that was answered with an error left nothing."""
-    catalog = await Catalog.open(tmp_path / "c.db")
+    catalog = await SqliteCatalog.open(tmp_path / "c.db")
     [(pages,)] = await catalog._db.execute_fetchall("PRAGMA page_count")
     await catalog._db.execute(f"PRAGMA max_page_count = {pages + 6}")
     results = await asyncio.gather(
-        *(catalog.begin(attempt(f"k:{n}", metadata={"note": f"{n}" * 1500}))
-          for n in range(40)), return_exceptions=True)
+        *(acquire(catalog, f"k:{n}", metadata={"note": f"{n}" * 1500}) for n in range(40)),
+        return_exceptions=True)
     acknowledged = {r.idempotency_key for r in results if isinstance(r, Recording)}
     refused = [r for r in results if isinstance(r, BaseException)]
     assert acknowledged
     assert refused
     assert all("full" in str(r) for r in refused)
     await catalog.close()
-    reopened = await Catalog.open(tmp_path / "c.db")
+    reopened = await SqliteCatalog.open(tmp_path / "c.db")
     durable = {r.idempotency_key for r in await reopened.search(limit=100)}
     assert durable == acknowledged
     await reopened.close()

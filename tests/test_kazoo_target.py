@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from recsink.errors import RecsinkError
+from recsink.responses import status_of
 from recsink.sources.kazoo import Target, gregorian_to_utc, parse_target, split_target
 from tests.conftest import ACCOUNT, CALL_ID, MEDIA_NAME, OWNER, RECORDING_ID
 from tests.kazoo_wire import EX6_DOUBLED_GET_PATH, PROBE_DOC_ID, PROBE_NAME
@@ -190,7 +191,7 @@ def test_invalid_percent_utf8_is_bad_target(raw_path: str) -> None:
     """Percent-escapes that are not UTF-8 (in path or query) raise 400 ``bad_target``."""
     with pytest.raises(RecsinkError) as info:
         split_target(raw_path, PREFIXES)
-    assert (info.value.status, info.value.error) == (400, "bad_target")
+    assert (status_of(info.value), info.value.code) == (400, "bad_target")
 
 
 # --- path B (storage plan) ----------------------------------------------------------------
@@ -276,7 +277,7 @@ def test_unrecognized_path(raw_path: str) -> None:
     """A target that is none of A, B, C raises 400 ``unrecognized_path``."""
     with pytest.raises(RecsinkError) as info:
         target(raw_path)
-    assert (info.value.status, info.value.error) == (400, "unrecognized_path")
+    assert (status_of(info.value), info.value.code) == (400, "unrecognized_path")
 
 
 # --- prefix stripping ------------------------------------------------------------------

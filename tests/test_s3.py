@@ -10,12 +10,10 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import tomli_w
 
@@ -74,9 +72,13 @@ def test_corpus_and_fixtures_round_trip_through_s3(
         key = record["storage_url"].removeprefix(f"s3://{bucket}/")
         assert object_sha256(s3, bucket, key) == sha256, path
         meta = head_metadata(s3, bucket, key)
-        assert (meta["call-id"], meta["recording-id"], meta["sha256"]) == (
-            f"corpus-{n}", f"202611-{n:032x}", sha256)
-        assert meta["duration-ms"] == str(record["duration_ms"])
+        assert (meta["call-id"], meta["recording-id"], meta["recsink-id"]) == (
+            f"corpus-{n}", f"202611-{n:032x}", record["id"])
+        assert record["sha256"] == sha256, path
+        if len(body) < 8 * MiB:  # one PutObject carries the facts known at the end too
+            assert (meta["sha256"], meta["duration-ms"]) == (sha256, str(record["duration_ms"]))
+        else:  # a multipart object carries what was known when it was created
+            assert "sha256" not in meta
         got = exchange(server.port, f"GET {target} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
         assert got.body == body, path
     assert len(recordings(s3, bucket)) == len(cases)
@@ -86,8 +88,9 @@ def test_corpus_and_fixtures_round_trip_through_s3(
 def test_300_mib_recording_streams_in_bounded_memory(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
 ) -> None:
-    """A generated 300 MiB recording goes up as a multipart upload, byte-identical, with
-    sha256 and duration in its metadata, while recsink's memory stays bounded."""
+    """A generated 300 MiB recording goes up as a multipart upload, byte-identical, its
+    sha256 and duration in its record (the object is never copied onto itself to carry
+    them), while recsink's memory stays bounded."""
     server = s3_server()
     size = 300 * MiB
     digest = hashlib.sha256()
@@ -102,9 +105,10 @@ def test_300_mib_recording_streams_in_bounded_memory(
     [(key, stored_size)] = recordings(s3, bucket).items()
     assert stored_size == size
     assert object_sha256(s3, bucket, key) == digest.hexdigest()
-    meta = head_metadata(s3, bucket, key)
-    assert meta["sha256"] == digest.hexdigest()
-    assert meta["duration-ms"] == str((size - 44) * 1000 // 16000)
+    [record] = api_get(server, "/v1/recordings?call_id=big")["recordings"]
+    assert record["sha256"] == digest.hexdigest()
+    assert record["duration_ms"] == (size - 44) * 1000 // 16000
+    assert head_metadata(s3, bucket, key)["recsink-id"] == record["id"]
     assert list_multipart_uploads(s3, bucket) == []
     # the part pool (64 MiB) plus request buffers: flat, far from the 300 MiB body
     assert rss.peak_kib - baseline < 100 * 1024, (baseline, rss.peak_kib)
@@ -113,8 +117,8 @@ def test_300_mib_recording_streams_in_bounded_memory(
 def test_disconnect_halfway_leaves_no_object_and_no_upload(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
 ) -> None:
-    """A client that disconnects halfway through a multipart upload leaves no object, no
-    incomplete multipart upload (ListMultipartUploads) and no claim."""
+    """A client that disconnects halfway through a multipart upload leaves no object and no
+    incomplete multipart upload (ListMultipartUploads)."""
     server = s3_server(part_size=5 * MiB)
     size = 60 * MiB
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
@@ -130,86 +134,6 @@ def test_disconnect_halfway_leaves_no_object_and_no_upload(
     assert failed[0]["error"] == "client_disconnected"
     wait_for(lambda: not list_multipart_uploads(s3, bucket))
     assert all_objects(s3, bucket) == {}
-
-
-async def test_two_instances_racing_store_one_object(
-    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
-) -> None:
-    """Two recsink processes sharing a bucket, 20 concurrent uploads of one recording split
-    between them (with and without a recording id): one object each time, one 201, and
-    every attempt ends 2xx once 503s are retried as Kazoo does."""
-    servers = [s3_server("a"), s3_server("b")]
-    wav = make_wav(3.0)
-
-    async def upload(session: aiohttp.ClientSession, server: RunningServer, target: str) -> int:
-        for _ in range(10):
-            async with session.put(server.base + target, data=wav,
-                                   headers={"content-type": "audio/wav"}) as reply:
-                if reply.status != 503:
-                    return reply.status
-                assert reply.headers["Retry-After"]
-            await asyncio.sleep(0.5)
-        return 503
-
-    for target in (path_a("race", "202611-" + "f" * 32), "/kazoo/race-by-content.wav"):
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            statuses = await asyncio.gather(
-                *[upload(session, servers[n % 2], target) for n in range(20)])
-        assert sorted(statuses) == [200] * 19 + [201], statuses
-    objects = recordings(s3, bucket)
-    assert len(objects) == 2, objects
-    assert all(object_sha256(s3, bucket, k) == hashlib.sha256(wav).hexdigest() for k in objects)
-    # Each instance's catalog knows the recording, whoever stored it.
-    for server in servers:
-        [record] = api_get(server, "/v1/recordings?call_id=race")["recordings"]
-        assert record["status"] == "completed"
-
-
-def test_claim_held_elsewhere_answers_503_then_200(
-    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
-) -> None:
-    """While another instance is still receiving a recording, a second copy waits
-    ``claim_wait`` and answers 503 with Retry-After (never a premature 200); once stored,
-    the copy answers 200 with the stored record."""
-    first, second = s3_server("a"), s3_server("b", claim_wait=0.5)
-    body = make_wav(5.0)
-    target = path_a("slow", "202611-" + "5" * 32)
-    with socket.create_connection(("127.0.0.1", first.port)) as slow:
-        slow.sendall(kazoo_put(target, len(body)) + body[:1000])
-        wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
-        busy = exchange(second.port, kazoo_put(target, len(body)) + body)
-        assert busy.status == 503
-        assert busy.headers["retry-after"]
-        assert busy.json()["error"] == "claimed_elsewhere"
-        slow.sendall(body[1000:])
-        slow.settimeout(30)
-        assert read_status(slow) == 201
-    again = exchange(second.port, kazoo_put(target, len(body)) + body)
-    assert again.status == 200
-    assert len(recordings(s3, bucket)) == 1
-
-
-def test_abandoned_claim_is_taken_over(
-    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
-) -> None:
-    """A claim left by a crashed instance (no longer refreshed) stops blocking its recording
-    after ``claim_ttl`` seconds: the next upload takes it over and stores the recording."""
-    server = s3_server(claim_ttl=2.0, claim_refresh=1.0, claim_wait=10.0)
-    key = "kazoo:rid:202611-" + "c" * 32
-    claim_key = f"calls/.recsink/claims/{hashlib.sha256(key.encode()).hexdigest()}.json"
-    s3.put_object(Bucket=bucket, Key=claim_key, Body=json.dumps(
-        {"idempotency_key": key, "state": "uploading", "key": None,
-         "instance": "crashed"}).encode())
-    body = make_wav(1.0)
-    started = time.monotonic()
-    reply = exchange(server.port, kazoo_put(path_a("orphan", "202611-" + "c" * 32),
-                                              len(body)) + body)
-    assert reply.status == 201
-    assert time.monotonic() - started >= 1.0
-    assert server.events("claim.taken_over")
-    claim = json.loads(s3.get_object(Bucket=bucket, Key=claim_key)["Body"].read())
-    assert claim["state"] == "stored"
-    assert claim["key"].endswith(".wav")
 
 
 def test_s3_down_then_back_nothing_acknowledged_is_lost(
@@ -272,15 +196,14 @@ def test_s3_lost_before_the_first_part_diverts_to_the_spool(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
     size: int,
 ) -> None:
-    """When S3 stops answering after an upload was claimed but before any of its bytes were
+    """When S3 stops answering after an upload began but before any of its bytes were
     sent, the recording goes to the spool instead: acknowledged 201, then shipped intact."""
     server = s3_server(endpoint=s3_proxy.url, part_size=5 * MiB)
     body = b"".join(wav_stream(size, seed=size))
     target = path_a("late", "202611-" + "a" * 32)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(kazoo_put(target, size) + body[:4096])
-        wait_for(lambda: [k for k in all_objects(s3, bucket) if "/.recsink/claims/" in k])
-        time.sleep(0.3)  # the staging object has looked up its key by now
+        wait_for(lambda: api_get(server, "/v1/recordings?call_id=late")["recordings"])
         s3_proxy.down()
         sock.sendall(body[4096:])
         sock.settimeout(60)
@@ -295,28 +218,30 @@ def test_s3_lost_before_the_first_part_diverts_to_the_spool(
     wait_for(lambda: not list_multipart_uploads(s3, bucket), timeout=30)
 
 
-def test_same_bytes_appearing_meanwhile_are_a_duplicate(
+def test_an_object_appearing_at_the_key_meanwhile_is_never_overwritten(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
 ) -> None:
-    """If the very same recording appears at the object's key while it uploads (written
-    outside recsink's claims), completing finds it: the answer is 200, the existing object is
-    untouched and this upload's multipart upload is aborted, not left behind."""
+    """An object written at the upload's key by someone else while the recording uploads
+    (outside recsink) is never overwritten: the upload answers 503 and aborts its multipart
+    upload, and the PBX's retry stores the recording under the next free name."""
     server = s3_server(part_size=5 * MiB)
     size = 12 * MiB
     body = b"".join(wav_stream(size, seed=7))
-    sha256 = hashlib.sha256(body).hexdigest()
     target = path_a("twin", "202611-" + "7" * 32)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(kazoo_put(target, size) + body[:6 * MiB])
         [upload] = wait_for(lambda: list_multipart_uploads(s3, bucket))
-        s3.put_object(Bucket=bucket, Key=upload["Key"], Body=body,
-                      Metadata={"sha256": sha256})
+        s3.put_object(Bucket=bucket, Key=upload["Key"], Body=b"someone else's")
         sock.sendall(body[6 * MiB:])
         sock.settimeout(60)
-        assert read_status(sock) == 200
-    assert list(recordings(s3, bucket)) == [upload["Key"]]
-    assert head_metadata(s3, bucket, upload["Key"]) == {"sha256": sha256}
+        assert read_status(sock) == 503
     assert list_multipart_uploads(s3, bucket) == []
+    retry = exchange(server.port, kazoo_put(target, size) + body)
+    assert retry.status == 201, retry.body
+    key = retry.json()["storage_url"].removeprefix(f"s3://{bucket}/")
+    assert key == upload["Key"].replace(".wav", "~2.wav")
+    assert object_sha256(s3, bucket, key) == hashlib.sha256(body).hexdigest()
+    assert s3.get_object(Bucket=bucket, Key=upload["Key"])["Body"].read() == b"someone else's"
 
 
 def test_mid_stream_failure_answers_503_and_leaves_nothing(
@@ -346,7 +271,7 @@ def test_mid_stream_failure_answers_503_and_leaves_nothing(
     assert failed["error"] == "storage_unavailable"
     s3_proxy.up()
     wait_for(lambda: not list_multipart_uploads(s3, bucket), timeout=30)
-    wait_for(lambda: not all_objects(s3, bucket), timeout=30)  # the claim is released too
+    assert not all_objects(s3, bucket)
     [record] = api_get(server, "/v1/recordings?call_id=cut")["recordings"]
     assert record["status"] == "failed"
 
@@ -370,8 +295,8 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     command = [sys.executable, "-m", "recsink", "reindex", "--config", "reindex.toml"]
     runs = [json.loads(subprocess.run(command, cwd=workdir, capture_output=True, text=True,
                                       check=True, timeout=60).stdout) for _ in range(2)]
-    assert runs[0] == {"seen": 2, "added": 2, "completed": 0, "unchanged": 0}
-    assert runs[1] == {"seen": 2, "added": 0, "completed": 0, "unchanged": 2}
+    assert runs[0] == {"seen": 2, "added": 2, "completed": 0, "unchanged": 0, "recomputed": 0}
+    assert runs[1] == {"seen": 2, "added": 0, "completed": 0, "unchanged": 2, "recomputed": 0}
 
     second = s3_server("b")
     [record] = api_get(second, "/v1/recordings?call_id=re1")["recordings"]
@@ -410,37 +335,3 @@ def test_destination_and_gcs_preconditions(moto: MotoServer, bucket: str) -> Non
                for k, v in seen[-1].items()}
     assert headers["x-goog-if-generation-match"] == "0"
     assert "if-none-match" not in headers
-
-
-async def test_a_claim_being_settled_is_not_taken_over(moto: MotoServer, bucket: str,
-                                                       s3: S3Client) -> None:
-    """While a claim's settle write is still on its way, another request of the same
-    instance waits for it and then finds the stored object; it never takes the claim over
-    (which would erase "stored" and let another instance store a second copy)."""
-    from recsink.config import S3Settings
-    from recsink.metrics import Metrics
-    from recsink.storage import Existing
-    from recsink.storage.s3 import S3Storage
-    from recsink.storage.s3client import open_client
-
-    s3.put_object(Bucket=bucket, Key="calls/a.wav", Body=b"stored")
-    settings = S3Settings(url=f"s3://{bucket}/calls", endpoint_url=moto.url,
-                          credentials="testing:testing:us-east-1", claim_wait=10.0)
-    async with open_client(settings) as client:
-        storage = S3Storage(client, settings, Metrics())
-        first = await storage.claims.claim("kazoo:rid:settling")
-        assert not isinstance(first, Existing)
-        put = storage.claims.put
-
-        async def slow_put(*args: Any, **kwargs: Any) -> str:
-            await asyncio.sleep(0.5)  # the settle write is slow to land
-            return await put(*args, **kwargs)
-
-        storage.claims.put = slow_put  # type: ignore[method-assign]
-        settling = asyncio.create_task(first.settle("a.wav"))
-        await asyncio.sleep(0.1)
-        storage.claims.put = put  # type: ignore[method-assign]
-        second = await storage.claims.claim("kazoo:rid:settling")
-        await settling
-    assert isinstance(second, Existing)
-    assert second.key == "a.wav"

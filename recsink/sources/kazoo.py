@@ -16,6 +16,7 @@ at a time (a ``%2F`` inside a Call-ID stays inside its segment, §8.4):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Awaitable, Mapping, Sequence
@@ -31,8 +32,9 @@ from aiohttp.web_urldispatcher import _default_expect_handler
 from recsink import logs, state
 from recsink.bodies import PartBody, RawBody, guarded
 from recsink.catalog import Recording
-from recsink.errors import RecsinkError, bad_request
+from recsink.errors import Malformed, NotFound, RecsinkError, TooLarge
 from recsink.ingest import Intake, decode_content_md5
+from recsink.responses import error_response
 
 SOURCE = "kazoo"
 _T = TypeVar("_T")
@@ -83,7 +85,7 @@ def split_target(
         segments = [unquote(s, errors="strict") for s in rest.split("/") if s]
         pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
-        raise bad_request("bad_target", "the request target is not valid UTF-8") from None
+        raise Malformed("bad_target", "the request target is not valid UTF-8") from None
     values: dict[str, str] = {}
     for key, value in pairs:
         values.setdefault(key, value)
@@ -109,7 +111,7 @@ def parse_target(segments: list[str], query: Mapping[str, str]) -> Target:
                       owner_id=owner.lower() if owner else None)
     if m := _PATH_C_NAME.fullmatch(last):
         return Target("C", last, call_id=m["call_id"])
-    raise bad_request(
+    raise Malformed(
         "unrecognized_path",
         "expected call_recording_<call_id>.<ext>, <account>/[<owner>/]<recording_id>/<name> "
         "or <call_id>.<ext> (specs/kazoo.md §2)")
@@ -229,7 +231,7 @@ async def _multipart_step(step: Awaitable[_T], idle_timeout: float) -> _T:
         try:
             return await step
         except (ValueError, AssertionError, HttpProcessingError) as exc:
-            raise bad_request("bad_multipart", f"malformed multipart body: {exc}") from None
+            raise Malformed("bad_multipart", f"malformed multipart body: {exc}") from None
 
     return await guarded(checked(), idle_timeout)
 
@@ -240,7 +242,7 @@ async def _read_multipart(request: web.Request,
     try:
         reader = await request.multipart()
     except (ValueError, AssertionError, KeyError) as exc:
-        raise bad_request(
+        raise Malformed(
             "bad_multipart",
             f"cannot read the multipart body ({exc}); Kazoo 4.3.17-4.3.20 send multipart/mixed "
             "without a boundary, which no parser can split: upgrade Kazoo or turn off "
@@ -249,9 +251,9 @@ async def _read_multipart(request: web.Request,
     while True:
         part = await _multipart_step(reader.next(), idle_timeout)
         if part is None:
-            raise bad_request("bad_multipart", "the multipart body has no media part")
+            raise Malformed("bad_multipart", "the multipart body has no media part")
         if isinstance(part, MultipartReader):
-            raise bad_request("bad_multipart", "nested multipart bodies are not supported")
+            raise Malformed("bad_multipart", "nested multipart bodies are not supported")
         if part.headers.get(hdrs.CONTENT_TYPE, "").startswith("application/json") and not meta:
             meta = await _read_json_part(part, idle_timeout)
             continue
@@ -263,21 +265,21 @@ async def _read_json_part(part: BodyPartReader, idle_timeout: float) -> dict[str
     while chunk := await _multipart_step(part.read_chunk(64 * 1024), idle_timeout):
         raw += chunk
         if len(raw) > MAX_METADATA_BYTES:
-            raise RecsinkError(413, "too_large",
+            raise TooLarge("too_large",
                                f"the JSON metadata part is over {MAX_METADATA_BYTES} bytes")
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise bad_request("bad_metadata", f"the JSON metadata part is not JSON: {exc}") from None
+        raise Malformed("bad_metadata", f"the JSON metadata part is not JSON: {exc}") from None
     if not isinstance(meta, dict):
-        raise bad_request("bad_metadata", "the JSON metadata part is not an object")
+        raise Malformed("bad_metadata", "the JSON metadata part is not an object")
     try:  # as the catalog will store it
         json.dumps(meta, ensure_ascii=False).encode()
     except UnicodeEncodeError:  # "\ud800" escapes decode to lone surrogates
-        raise bad_request("bad_metadata", "the JSON metadata part holds a lone surrogate "
+        raise Malformed("bad_metadata", "the JSON metadata part holds a lone surrogate "
                           "(an unpaired \\ud800-\\udfff escape), which is not text") from None
     except RecursionError:
-        raise bad_request("bad_metadata", "the JSON metadata part is nested too deep") from None
+        raise Malformed("bad_metadata", "the JSON metadata part is nested too deep") from None
     return meta
 
 
@@ -290,17 +292,21 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     target, query = await _read_target(request)
     record = await _find(request, target, query)
     if record is None or record.storage_key is None:
-        raise RecsinkError(404, "not_found", "no stored recording at this path")
-    storage = request.app[state.STORAGE]
-    headers = {hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"}
-    logs.get_logger().info("recording.served", id=record.id, bytes=record.byte_size,
-                           method=request.method)
-    response = web.StreamResponse(headers=headers)
+        raise NotFound("not_found", "no stored recording at this path")
+    response = web.StreamResponse(
+        headers={hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"})
     response.content_length = record.byte_size
-    await response.prepare(request)
-    if request.method != "HEAD":
-        async for block in storage.read(record.storage_key, _SERVE_BLOCK):
-            await response.write(block)
+    async with contextlib.aclosing(
+            request.app[state.STORAGE].read(record.storage_key, _SERVE_BLOCK)) as blocks:
+        # Open the object before the status line goes out: a failure is still an answer.
+        first = await anext(blocks, b"") if request.method != "HEAD" else b""
+        logs.get_logger().info("recording.served", id=record.id, bytes=record.byte_size,
+                               method=request.method)
+        await response.prepare(request)
+        if first:
+            await response.write(first)
+            async for block in blocks:
+                await response.write(block)
     await response.write_eof()
     return response
 
@@ -325,7 +331,7 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
         request.app[state.INGESTOR].check_length(request.content_length)
         request.app[state.GATE].check()
     except RecsinkError as exc:
-        return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        return error_response(exc)
     await _default_expect_handler(request)
     return None
 

@@ -27,7 +27,7 @@ from recsink import logs, state
 from recsink.bodies import guarded
 from recsink.catalog import Recording, Status, new_id, utcnow, whole_number
 from recsink.config import LamlSettings
-from recsink.errors import RecsinkError, bad_request
+from recsink.errors import Malformed, TooLarge, Unauthorized
 
 SOURCE = "laml"
 SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
@@ -73,17 +73,17 @@ class LamlVerifier:
         """Raise 401 ``bad_signature`` unless a signature header matches."""
         given = next((v for h in SIGNATURE_HEADERS if (v := headers.get(h))), None)
         if not given:
-            raise RecsinkError(401, "bad_signature", "no X-SignalWire-Signature header")
+            raise Unauthorized("bad_signature", "no X-SignalWire-Signature header")
         key = self.settings.signing_key.get_secret_value()
         if not key:
-            raise RecsinkError(401, "bad_signature", "laml.signing_key is not configured")
+            raise Unauthorized("bad_signature", "laml.signing_key is not configured")
         url = self.settings.public_base_url.rstrip("/") + path_and_query
         matched = False
         for candidate in url_variants(url):
             matched |= hmac.compare_digest(given.encode(),
                                            signature(key, candidate, params).encode())
         if not matched:
-            raise RecsinkError(401, "bad_signature", "signature does not match")
+            raise Unauthorized("bad_signature", "signature does not match")
 
 
 async def callback(request: web.Request) -> web.Response:
@@ -92,12 +92,12 @@ async def callback(request: web.Request) -> web.Response:
     settings = request.app[state.SETTINGS].laml
     if request.method == "POST":
         if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-            raise RecsinkError(413, "too_large", f"a callback is at most {MAX_FORM_BYTES} bytes")
+            raise TooLarge("too_large", f"a callback is at most {MAX_FORM_BYTES} bytes")
         idle = request.app[state.SETTINGS].server.body_idle_timeout
         try:
             form = await guarded(request.post(), idle)
         except (ValueError, LookupError, AssertionError) as exc:  # UnicodeDecodeError too
-            raise bad_request("bad_form", f"the callback body is not a form: {exc}") from None
+            raise Malformed("bad_form", f"the callback body is not a form: {exc}") from None
         params = [(k, v) for k, v in form.items() if isinstance(v, str)]
     else:
         params = []

@@ -31,8 +31,7 @@ from recsink.auth import parse_authorization
 from recsink.bodies import guarded
 from recsink.catalog import Recording, Status, new_id, utcnow
 from recsink.config import SinchApplication, SinchSettings
-from recsink.errors import RecsinkError, bad_request
-from recsink.ingest import KeyedLocks
+from recsink.errors import Malformed, TooLarge, Unauthorized
 
 SOURCE = "sinch"
 #: Largest notify event accepted, bytes.
@@ -94,8 +93,8 @@ class SinchVerifier:
         return key
 
 
-def _refused(detail: str) -> RecsinkError:
-    return RecsinkError(401, "bad_signature", detail)
+def _refused(detail: str) -> Unauthorized:
+    return Unauthorized("bad_signature", detail)
 
 
 def recording_key(call_id: str, destination: str | None = None) -> str:
@@ -106,15 +105,12 @@ def recording_key(call_id: str, destination: str | None = None) -> str:
     return f"sinch:{call_id}:{hashlib.sha256(destination.encode()).hexdigest()[:16]}"
 
 
-_locks = KeyedLocks()
-
-
 async def callback(request: web.Request) -> web.Response:
     """``POST`` of a Sinch notify event: verify, apply, answer 200 with an empty body."""
     request[state.CALLBACK_SOURCE] = SOURCE
     settings = request.app[state.SETTINGS].sinch
     if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise RecsinkError(413, "too_large", f"a notify event is at most {MAX_EVENT_BYTES} bytes")
+        raise TooLarge("too_large", f"a notify event is at most {MAX_EVENT_BYTES} bytes")
     # Small and capped, read whole: the signature covers the raw bytes.
     body = await guarded(request.read(), request.app[state.SETTINGS].server.body_idle_timeout)
     log = logs.get_logger()
@@ -124,11 +120,11 @@ async def callback(request: web.Request) -> web.Response:
     try:
         event = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        raise bad_request("bad_event", "the body is not JSON") from None
+        raise Malformed("bad_event", "the body is not JSON") from None
     if not isinstance(event, dict):
-        raise bad_request("bad_event", "the body is not a JSON object")
+        raise Malformed("bad_event", "the body is not a JSON object")
     if not _unicode(event):
-        raise bad_request("bad_event", "the event holds a lone surrogate (\\ud800-\\udfff): "
+        raise Malformed("bad_event", "the event holds a lone surrogate (\\ud800-\\udfff): "
                                        "not text that can be stored")
     call_id = event.get("callid") or event.get("callId")
     kind = event.get("type")
@@ -138,12 +134,11 @@ async def callback(request: web.Request) -> web.Response:
         log.info("sinch.event_ignored", event_type=event.get("event"), notify_type=kind)
         return web.Response(status=200)
     if not isinstance(call_id, str) or not call_id:
-        raise bad_request("bad_event", f"{kind} without a callid")
+        raise Malformed("bad_event", f"{kind} without a callid")
     destination = event.get("destination")
     if kind == "recording_available" and not (isinstance(destination, str) and destination):
-        raise bad_request("bad_event", "recording_available without a destination")
-    async with _locks.hold(call_id):
-        record = await _apply(request, event, kind, call_id, destination)
+        raise Malformed("bad_event", "recording_available without a destination")
+    record = await _apply(request, event, kind, call_id, destination)
     log.info(f"sinch.{kind}", id=record.id, status=str(record.status),
              pull=record.pull_state)
     return web.Response(status=200)

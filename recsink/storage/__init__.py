@@ -1,30 +1,38 @@
-"""The storage interface every backend implements (disk now, S3 next).
+"""The storage contract every backend keeps (disk, S3): a handful of methods.
 
-Ingest writes a recording in three steps, and a backend guarantees what each means:
+Ingest writes a recording through a :class:`Staging` object:
 
-1. :meth:`Storage.open_staging` gives a :class:`Staging` for the key the object is meant to
-   have (known before the first byte, as an S3 multipart upload needs it);
-   :meth:`Staging.write` takes the body in large blocks, in order. Nothing written to a
+1. :meth:`Storage.open_staging` opens one for the key the object is meant to have (known
+   before the first byte, as an S3 multipart upload needs it). When the backend opens
+   something outside recsink's own disk that an interruption would leave behind (an S3
+   multipart upload), it reports it through ``on_upload`` before any byte goes there, so
+   the catalog knows it and any instance can :meth:`~Storage.discard` it later.
+2. :meth:`Staging.write` takes the body in large blocks, in order. Nothing written to a
    staging object is visible under any key.
-2. :meth:`Staging.finish` makes the staged bytes durable (fsync) and says where a local copy
-   can be read, if there is one.
-3. :meth:`Staging.commit` makes the object visible under its key atomically and **never
-   overwrites**: if the key is taken, the object gets the next free variant of it and the
-   key actually used is returned. :meth:`Staging.abort` throws the staged bytes away.
+3. :meth:`Staging.finish` makes the staged bytes durable and says where a local copy can be
+   read, if there is one.
+4. :meth:`Staging.commit` makes the object visible under the key it is given, atomically,
+   once, and **never overwrites**: a key taken by another object raises :class:`KeyTaken`
+   (ingest names the next variant in the catalog and commits again). A commit whose outcome
+   cannot be known (S3's answer lost, a directory fsync failed after the link) raises
+   :class:`CommitUncertain`: the object may be there, and whoever settles the record finds
+   out with :meth:`Storage.find`. :meth:`Staging.abort` throws the staged bytes away.
 
-Backends shared by several recsink instances (S3) also arbitrate who stores a recording:
-:meth:`Storage.claim` before streaming (or before committing, when the idempotency key
-depends on the content).
-
+Reads go through :meth:`Storage.read`; :meth:`Storage.delete` removes an object. Everything
+else a backend needs (the S3 spool and its shipping, multipart bookkeeping) lives inside it.
 Keys are relative, ``/``-separated, already sanitized names (:mod:`recsink.storage.keys`).
+
+Errors are domain errors: :class:`StorageUnavailable` (503) and :class:`StorageFull` (507).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from recsink.errors import Full, RecsinkError, Unavailable
 
 #: Bytes to write: ``bytes``, or a ``memoryview`` of a buffer the writer reuses.
 Buffer = bytes | memoryview
@@ -32,25 +40,31 @@ Buffer = bytes | memoryview
 Digest = Callable[[Buffer], None]
 
 
-class StorageError(Exception):
-    """The backend could not store or read; ``full`` when it is out of space."""
-
-    def __init__(self, message: str, *, full: bool = False) -> None:
-        super().__init__(message)
-        self.full = full
+class StorageError(RecsinkError):
+    """The backend could not store or read (the kind of every storage error)."""
 
 
-class ClaimBusy(StorageError):
-    """Another instance is storing this recording right now; try again in
-    ``retry_after`` seconds."""
+class StorageUnavailable(StorageError, Unavailable):
+    """Storage failed or cannot be reached; nothing was kept."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    def __init__(self, detail: str) -> None:
+        super().__init__("storage_unavailable", detail)
 
 
-class AlreadyStored(Exception):
-    """The commit found the same recording already stored at ``key``."""
+class StorageFull(StorageError, Full):
+    """Storage is out of space; nothing was kept."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("storage_full", detail)
+
+
+class CommitUncertain(StorageUnavailable):
+    """A commit failed in a way that leaves its outcome unknown: the object may be stored.
+    Keep the record's intent; :meth:`Storage.find` tells later."""
+
+
+class KeyTaken(Exception):
+    """The commit found its key taken by another object; nothing was written there."""
 
     def __init__(self, key: str) -> None:
         super().__init__(key)
@@ -69,42 +83,25 @@ class Stored:
 
 @dataclass(frozen=True)
 class Found:
-    """An object found in storage: where it is, its size in bytes and its sha256 (hex;
-    "" when the backend does not know it)."""
+    """An object found in storage: where it is, its size in bytes, its sha256 (hex; "" when
+    the backend does not know it) and the record id it was created for ("" when unknown)."""
 
     stored: Stored
     size: int
-    sha256: str
+    sha256: str = ""
+    record_id: str = ""
 
 
 @dataclass(frozen=True)
-class Existing:
-    """A recording another instance already stored under an idempotency key: its key and
-    object metadata (``x-amz-meta-*``, decoded, plus ``bytes``)."""
+class MultipartUpload:
+    """An S3 multipart upload an upload opened: the storage key it is for and its id."""
 
     key: str
-    meta: dict[str, str]
+    upload_id: str
 
 
-class Claim(Protocol):
-    """The right, across every instance sharing the storage, to store one recording."""
-
-    async def settle(self, key: str) -> None:
-        """The recording is stored at ``key``; later claimants will find it there."""
-
-    async def release(self) -> None:
-        """Give the claim up (the upload failed or was a duplicate). Never raises."""
-
-
-class NoClaim:
-    """The claim of a storage that no other instance shares (or that cannot be reached
-    now, in which case dedupe happens when the spool is shipped)."""
-
-    async def settle(self, key: str) -> None:
-        return None
-
-    async def release(self) -> None:
-        return None
+#: Told of a multipart upload before any part is sent (ingest records it in the catalog).
+OnUpload = Callable[[MultipartUpload], Awaitable[None]]
 
 
 class Staging(Protocol):
@@ -123,15 +120,16 @@ class Staging(Protocol):
         """Make the staged bytes durable. Returns a local file holding them (for reading
         audio headers) or None. Raises :class:`StorageError`."""
 
-    async def commit(self, meta: Mapping[str, Any]) -> Stored:
-        """Make the object visible at :attr:`key` or, if that is taken, at the next free
-        variant of it, with ``meta`` as its metadata where the backend keeps any. Raises
-        :class:`AlreadyStored` when the same content is already there,
-        :class:`StorageError` otherwise."""
+    async def commit(self, key: str, meta: Mapping[str, Any]) -> Stored:
+        """Make the object visible at ``key`` (normally :attr:`key`), with ``meta`` as its
+        metadata where the backend keeps any. Raises :class:`KeyTaken`,
+        :class:`CommitUncertain`, or :class:`StorageError` when nothing was committed."""
 
-    async def abort(self) -> None:
-        """Discard the staged bytes. Never raises; safe to call more than once and after
-        a failed :meth:`commit`."""
+    async def abort(self) -> bool:
+        """Discard the staged bytes; True when nothing is left behind, False when something
+        outside recsink's disk could not be removed now (a multipart upload S3 did not
+        abort: settle it later with :meth:`Storage.discard`). Never raises; safe to call
+        more than once."""
 
 
 class Storage(Protocol):
@@ -142,38 +140,34 @@ class Storage(Protocol):
     local_files: bool
 
     async def start(self) -> int:
-        """Prepare for use and sweep staging leftovers of earlier runs; return how many were
-        removed. Raises :class:`StorageError`."""
+        """Prepare for use and sweep local staging leftovers of earlier runs; return how
+        many were removed. Raises :class:`StorageError`."""
 
-    async def open_staging(self, key: str, meta: Mapping[str, Any]) -> Staging:
-        """Begin a new staged object meant for ``key``, with the metadata known so far.
-        Raises :class:`StorageError`."""
+    async def open_staging(self, key: str, meta: Mapping[str, Any],
+                           on_upload: OnUpload | None = None) -> Staging:
+        """Begin a new staged object meant for ``key``, with the metadata known so far
+        (``meta``, kept with the object where the backend can). Raises
+        :class:`StorageError`."""
 
-    async def claim(self, idempotency_key: str) -> Claim | Existing:
-        """Claim the recording with ``idempotency_key`` across instances: a :class:`Claim`
-        to settle or release, or the :class:`Existing` object when another instance stored
-        it already. Raises :class:`ClaimBusy` while another instance is storing it."""
+    async def find(self, key: str) -> Found | None:
+        """The object at ``key``, made durable, or None when there is none. Raises
+        :class:`StorageError` when storage cannot tell."""
 
-    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
-        """Mark the claim of a recording that start-up recovery found committed at ``key``
-        as settled, if the stopped process left it open. Raises :class:`StorageError`."""
+    def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        """Stream the object's bytes. Raises :class:`StorageError`."""
+
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key``. Never raises; a missing object is fine."""
+
+    async def discard(self, upload: MultipartUpload) -> None:
+        """Abort a multipart upload an interrupted upload left open (already gone is fine).
+        Raises :class:`StorageUnavailable` when storage cannot be reached."""
 
     def url(self, key: str) -> str:
         """Where the object at ``key`` lives, as a URL (``file:///…``, ``s3://…``)."""
 
     def local_root(self) -> Path | None:
         """The local directory this backend writes to (for free-space monitoring)."""
-
-    def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
-        """Stream the object's bytes, from the local copy when there is one (the S3 spool,
-        while a recording waits to be shipped). Raises :class:`StorageError`."""
-
-    async def delete(self, key: str) -> None:
-        """Remove the object at ``key`` (a commit that could not be recorded). Never raises;
-        a missing object is fine."""
-
-    async def find(self, key: str) -> Found | None:
-        """The object at ``key`` (size and sha256), or None if it is missing."""
 
     async def check_writable(self) -> None:
         """Raise :class:`StorageError` unless a recording could be stored now."""

@@ -7,9 +7,14 @@ Layout under ``root``::
 
 A commit is ``link(staging, final)`` then ``unlink(staging)``: the final name appears at once
 with complete content, and ``link`` fails with EEXIST instead of replacing an existing file
-(DESIGN.md invariants 2 and 3). With ``fsync`` on, the staging file is fsynced before the
-commit and every directory whose entries changed is fsynced after it, so a 2xx is only sent
-for bytes that survive a power cut (invariant 1).
+(DESIGN.md invariants 2 and 3; :class:`~recsink.storage.KeyTaken`). With ``fsync`` on, the
+staging file is fsynced before the commit and every directory whose entries changed is
+fsynced after it, so a 2xx is only sent for bytes that survive a power cut (invariant 1). A
+directory fsync that fails after the link leaves the file's durability unknown:
+:class:`~recsink.storage.CommitUncertain`, and :meth:`DiskStorage.find` (which fsyncs what
+it finds) settles it later.
+
+A disk root belongs to one recsink instance: its staging directory is swept at start-up.
 """
 
 from __future__ import annotations
@@ -21,22 +26,35 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
 
 import aiofiles
 import aiofiles.os
 
-from recsink.storage import Buffer, Digest, Found, NoClaim, StorageError, Stored
-from recsink.storage.keys import variant
+from recsink.storage import (
+    Buffer,
+    CommitUncertain,
+    Digest,
+    Found,
+    KeyTaken,
+    MultipartUpload,
+    OnUpload,
+    StorageError,
+    StorageFull,
+    StorageUnavailable,
+    Stored,
+)
 
 STAGING_DIR = ".staging"
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
-    return StorageError(f"{what}: {exc.strerror or exc}", full=exc.errno in (errno.ENOSPC,
-                                                                           errno.EDQUOT))
+    detail = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(detail)
+    return StorageUnavailable(detail)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -119,17 +137,25 @@ class DiskStaging:
             os.close(fd)
         return self._path
 
-    async def commit(self, meta: Mapping[str, Any] | None = None) -> Stored:
-        """Link the staged file into place; ``meta`` is not kept (the catalog has it)."""
+    async def commit(self, key: str, meta: Mapping[str, Any] | None = None) -> Stored:
+        """Link the staged file into place at ``key``; ``meta`` is not kept (the catalog
+        has it)."""
         assert self._fd is None, "commit before finish"
         try:
-            used = await asyncio.to_thread(self._storage.place, self._path, self.key)
+            await asyncio.to_thread(self._storage.place, self._path, key)
+        except FileExistsError:
+            raise KeyTaken(key) from None
+        except _Unsynced as unsynced:
+            self._committed = True  # the name is in place: not ours to unlink any more
+            raise CommitUncertain(
+                f"committed {key}, but its directory could not be flushed: "
+                f"{unsynced.error.strerror or unsynced.error}") from unsynced.error
         except OSError as exc:
             raise _storage_error(exc, "committing") from exc
         self._committed = True
-        return Stored(used, self._storage.url(used))
+        return Stored(key, self._storage.url(key))
 
-    async def abort(self) -> None:
+    async def abort(self) -> bool:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
@@ -144,6 +170,15 @@ class DiskStaging:
                 # opened (a read-only file system may be writable again by then), or by
                 # the start-up sweep.
                 self._storage.leftovers.add(self._path)
+        return True
+
+
+class _Unsynced(Exception):
+    """The final name is linked, but fsyncing a directory failed afterwards."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class DiskStorage:
@@ -175,16 +210,12 @@ class DiskStorage:
             _fsync_dir(self.staging_dir)
         return swept
 
-    async def claim(self, idempotency_key: str) -> NoClaim:
-        """A disk root belongs to one instance; its catalog dedupes alone."""
-        return NoClaim()
-
-    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
-        """No claims on disk."""
-
     async def open_staging(
-        self, key: str, meta: Mapping[str, Any] | None = None
+        self, key: str, meta: Mapping[str, Any] | None = None,
+        on_upload: OnUpload | None = None,
     ) -> DiskStaging:
+        """See :class:`recsink.storage.Storage`; a file opens nothing outside the root, so
+        ``on_upload`` is never called."""
         self.path(key)  # refuse a key outside the root before any byte is written
         path = self.staging_dir / f"{secrets.token_hex(16)}.part"
         try:
@@ -217,26 +248,21 @@ class DiskStorage:
             raise ValueError(f"key {key!r} is outside the storage root")
         return path
 
-    def place(self, staged: Path, key: str) -> str:
-        """Blocking: hard-link ``staged`` at ``key`` (or its first free variant), drop the
-        staging name, fsync what changed. Returns the key used."""
+    def place(self, staged: Path, key: str) -> None:
+        """Blocking: hard-link ``staged`` at ``key``, drop the staging name, fsync what
+        changed. Raises FileExistsError when ``key`` is taken, :class:`_Unsynced` when the
+        link is made but a directory could not be fsynced, OSError."""
         final = self.path(key)
         new_dirs = self._makedirs(final.parent)
-        used, n = key, 1
-        while True:
-            try:
-                os.link(staged, final)
-                break
-            except FileExistsError:
-                n += 1
-                used = variant(key, n)
-                final = self.path(used)
+        os.link(staged, final)
         os.unlink(staged)
         if self.fsync:
             # The staging name's removal need not be durable: a leftover is swept at start-up.
-            for directory in (final.parent, *new_dirs):
-                _fsync_dir(directory)
-        return used
+            try:
+                for directory in (final.parent, *new_dirs):
+                    _fsync_dir(directory)
+            except OSError as exc:
+                raise _Unsynced(exc) from exc
 
     def _makedirs(self, directory: Path) -> list[Path]:
         """Create ``directory`` and missing parents; return the parents whose entries
@@ -260,7 +286,7 @@ class DiskStorage:
     def local_root(self) -> Path:
         return self.root
 
-    async def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+    async def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
         try:
             async with aiofiles.open(self.path(key), "rb") as fh:
                 while block := await fh.read(chunk_size):
@@ -278,13 +304,29 @@ class DiskStorage:
             _fsync_dir(path.parent)
 
     async def find(self, key: str) -> Found | None:
+        """The file at ``key`` with its size and sha256; with ``fsync`` on, the file and
+        its directory are fsynced first (a commit whose directory fsync failed becomes
+        durable here, or this raises)."""
         try:
-            size, sha256 = await asyncio.to_thread(_size_and_sha256, self.path(key))
+            size, sha256 = await asyncio.to_thread(self._find, self.path(key))
             return Found(Stored(key, self.url(key)), size, sha256)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return None
         except OSError as exc:
             raise _storage_error(exc, f"reading {key}") from exc
+
+    def _find(self, path: Path) -> tuple[int, str]:
+        if self.fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(path.parent)
+        return _size_and_sha256(path)
+
+    async def discard(self, upload: MultipartUpload) -> None:
+        """A disk root opens no multipart uploads."""
 
     async def check_writable(self) -> None:
         try:

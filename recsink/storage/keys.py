@@ -48,3 +48,13 @@ def variant(key: str, n: int) -> str:
     stem, dot, ext = name.rpartition(".")
     name = f"{stem}~{n}.{ext}" if dot else f"{name}~{n}"
     return f"{head}/{name}" if head else name
+
+
+def following(base: str, key: str) -> str:
+    """The variant of ``base`` after ``key`` (``base`` itself, or one of its variants)."""
+    n = 1
+    while (base if n == 1 else variant(base, n)) != key:
+        n += 1
+        if n > 100_000:
+            raise ValueError(f"{key!r} is not a variant of {base!r}")
+    return variant(base, n + 1)

@@ -9,9 +9,18 @@ than one part goes up with a single PutObject.
 
 Nothing half-written is ever visible (DESIGN.md invariant 2): a multipart upload is invisible
 until CompleteMultipartUpload, which happens only after the part count and total size are
-checked, and every failure aborts it (shielded from cancellation; a failed abort is logged,
-counted, and retried at the next start from the multipart journal). Objects are written with
-``If-None-Match: *``, so an existing object is never overwritten (invariant 3).
+checked, and every failure aborts it. Its upload id is handed to the caller
+(``on_upload``, recorded in the catalog) before any part is sent, so an upload interrupted
+by a crash is aborted by whichever instance settles its record
+(:meth:`S3Storage.discard`). Objects are written with ``If-None-Match: *``, so an existing
+object is never overwritten (invariant 3). Each object carries its record's metadata from
+the start (``x-amz-meta-*``, with the record id); what is known only at the end (sha256,
+duration) lives in the catalog, and no object is copied onto itself to add it.
+
+A commit whose answer is lost (a read timeout, a retry meeting ``If-None-Match``) is
+recognised by the object's ``recsink-id`` and size; one that cannot be checked (S3 gone)
+raises :class:`~recsink.storage.CommitUncertain` for a multipart upload, and diverts a small
+body to the spool, whose shipper checks before storing anything.
 
 Bytes are protected on the way by the transport, not by a digest of recsink's: over HTTPS by
 TLS, over plain HTTP by SigV4's signed payload (S3 checks each request's
@@ -21,37 +30,39 @@ transit that a signature-checking server or TLS already refuses.
 
 When S3 cannot be reached before any part of an upload was sent, the upload goes to the local
 spool instead (a :class:`~recsink.storage.disk.DiskStorage`: fsynced, atomic, same
-invariants) and is acknowledged; :mod:`recsink.shipper` moves it to S3 later. A failure after
-parts were sent answers 503 with Retry-After. Wire details: specs/s3.md §5 (aiobotocore).
+invariants) and is acknowledged; :mod:`recsink.shipper` moves it to S3 later
+(:meth:`S3Storage.ship`). A failure after parts were sent answers 503 with Retry-After.
+Wire details: specs/s3.md §5 (aiobotocore).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import aiofiles
 
 from recsink import logs
 from recsink.config import S3Settings
 from recsink.metrics import Metrics
 from recsink.storage import (
-    AlreadyStored,
     Buffer,
-    Claim,
+    CommitUncertain,
     Digest,
-    Existing,
     Found,
-    NoClaim,
+    KeyTaken,
+    MultipartUpload,
+    OnUpload,
     StorageError,
+    StorageUnavailable,
     Stored,
 )
-from recsink.storage.claims import Claims
 from recsink.storage.disk import DiskStaging, DiskStorage
 from recsink.storage.keys import variant
 from recsink.storage.s3client import (
@@ -70,9 +81,6 @@ from recsink.storage.s3client import (
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
-
-#: S3 copies objects up to 5 GiB in one request (CopyObject), which sets final metadata.
-MAX_COPY_BYTES = 5 * 1024**3
 
 
 def _cut(buffer: io.BytesIO, size: int) -> None:
@@ -114,33 +122,6 @@ class PartPool:
         self._available.release()
 
 
-class MultipartJournal:
-    """Multipart uploads this instance has open, one small file each, so that uploads
-    interrupted by a crash (or whose abort failed) are aborted at the next start."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def _path(self, upload_id: str) -> Path:
-        return self.directory / hashlib.sha256(upload_id.encode()).hexdigest()
-
-    def add(self, upload_id: str, object_key: str) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._path(upload_id).write_text(f"{upload_id}\n{object_key}\n", encoding="utf-8")
-
-    def remove(self, upload_id: str) -> None:
-        self._path(upload_id).unlink(missing_ok=True)
-
-    def entries(self) -> list[tuple[str, str]]:
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for path in self.directory.iterdir():
-            upload_id, _, object_key = path.read_text(encoding="utf-8").rstrip("\n").partition("\n")
-            found.append((upload_id, object_key))
-        return found
-
-
 class S3Staging:
     """One recording streaming into S3; see :class:`recsink.storage.Staging`."""
 
@@ -149,6 +130,7 @@ class S3Staging:
         storage: S3Storage,
         key: str,
         meta: Mapping[str, Any],
+        on_upload: OnUpload | None = None,
         spool: DiskStaging | None = None,
         *,
         spool_fallback: bool = True,
@@ -156,9 +138,9 @@ class S3Staging:
         self.key = key
         self._spool_fallback = spool_fallback
         self._storage = storage
-        self._object_key = storage.destination.object_key(key)
+        self._on_upload = on_upload
         self._create_meta = encode_metadata(meta)
-        self._record_id = meta.get("recsink-id")
+        self._record_id = str(meta.get("recsink-id") or "")
         self._buffer: io.BytesIO | None = None
         self._fill = 0
         self._upload_id: str | None = None
@@ -209,12 +191,12 @@ class S3Staging:
         task.add_done_callback(self._tasks.discard)
 
     async def _create_upload(self) -> bool:
-        """Open the multipart upload; False when S3 is unreachable and the bytes so far went
-        to the spool instead."""
+        """Open the multipart upload and report it; False when S3 is unreachable and the
+        bytes so far went to the spool instead."""
         storage = self._storage
         try:
             response = await storage.client.create_multipart_upload(
-                Bucket=storage.destination.bucket, Key=self._object_key,
+                Bucket=storage.destination.bucket, Key=storage.destination.object_key(self.key),
                 Metadata=self._create_meta, ContentType=content_type(self.key),
                 **storage.write_options())
         except S3_ERRORS as exc:
@@ -224,8 +206,12 @@ class S3Staging:
             await self._divert_to_spool()
             return False
         self._upload_id = response["UploadId"]
-        storage.open_uploads.add(self._upload_id)
-        await asyncio.to_thread(storage.journal.add, self._upload_id, self._object_key)
+        if self._on_upload is not None:
+            try:
+                await self._on_upload(MultipartUpload(self.key, self._upload_id))
+            except BaseException:
+                await self.abort()  # not recorded: nobody else could ever abort it
+                raise
         return True
 
     async def _divert_to_spool(self) -> None:
@@ -239,7 +225,8 @@ class S3Staging:
         try:
             _cut(buffer, size)
             response = await storage.client.upload_part(
-                Bucket=storage.destination.bucket, Key=self._object_key,
+                Bucket=storage.destination.bucket,
+                Key=storage.destination.object_key(self.key),
                 UploadId=self._upload_id or "", PartNumber=number, Body=buffer)
             self._etags[number] = response["ETag"]
         except BaseException as exc:
@@ -268,74 +255,95 @@ class S3Staging:
             # A gap in part numbers or a short total would complete a corrupt object
             # (tusd #497, #1247): check both before CompleteMultipartUpload.
             if sorted(self._etags) != list(range(1, len(self._sizes) + 1)):
-                raise StorageError("S3 multipart: a part is missing")
+                raise StorageUnavailable("S3 multipart: a part is missing")
         return None
 
     # -- committing ------------------------------------------------------------------------
 
-    async def commit(self, meta: Mapping[str, Any]) -> Stored:
-        storage = self._storage
+    async def commit(self, key: str, meta: Mapping[str, Any]) -> Stored:
         if self._spool is not None:
-            return await self._commit_spool(await self._spool.commit(meta))
-        full_meta = {**self._create_meta, **encode_metadata(meta)}
-        size = sum(self._sizes) if self._upload_id else self._fill
+            return await self._commit_spool(key, meta)
+        if self._upload_id is None:
+            return await self._put(key, meta)
+        return await self._complete(key)
+
+    async def _put(self, key: str, meta: Mapping[str, Any]) -> Stored:
+        """A body smaller than one part: one PutObject, with all its metadata."""
+        storage = self._storage
+        body = self._buffer if self._buffer is not None else io.BytesIO()
+        size = self._fill
         try:
-            if self._upload_id is None:
-                body = self._buffer if self._buffer is not None else io.BytesIO()
-                _cut(body, self._fill)
-                await storage.client.put_object(
-                    Bucket=storage.destination.bucket, Key=self._object_key, Body=body,
-                    Metadata=full_meta, ContentType=content_type(self.key),
-                    IfNoneMatch="*", **storage.write_options())
-                self._release_buffer()
-            else:
-                try:
-                    await storage.client.complete_multipart_upload(
-                        Bucket=storage.destination.bucket, Key=self._object_key,
-                        UploadId=self._upload_id, IfNoneMatch="*",
-                        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
-                                                   for n in sorted(self._etags)]})
-                except S3_ERRORS:
-                    # Lost answers happen: botocore's retry of a complete S3 did carry out
-                    # meets If-None-Match (412), a read timeout hides the 200.
-                    if not await self._completed_anyway(size):
-                        raise
-                upload_id, self._upload_id = self._upload_id, None
-                storage.open_uploads.discard(upload_id)
-                await asyncio.to_thread(storage.journal.remove, upload_id)
-                if size <= MAX_COPY_BYTES:
-                    await storage.replace_metadata(self._object_key, full_meta)
+            _cut(body, size)
+            await storage.client.put_object(
+                Bucket=storage.destination.bucket, Key=storage.destination.object_key(key),
+                Body=body, Metadata={**self._create_meta, **encode_metadata(meta)},
+                ContentType=content_type(key), IfNoneMatch="*", **storage.write_options())
         except S3_ERRORS as exc:
+            # Lost answers happen: botocore's retry of a put S3 did carry out meets
+            # If-None-Match (412), a read timeout hides the 200.
+            landed = await self._landed(key, size)
+            if landed:
+                return self._stored(key)
             if is_conflict(exc):
-                existing = await storage.head(self.key)
-                if existing is not None and existing.get("sha256") == full_meta.get("sha256"):
-                    raise AlreadyStored(self.key) from exc
-                raise StorageError(f"S3 object {self._object_key} exists with other content; "
-                                   "the next attempt will take another name") from exc
-            if (self._upload_id is None and is_unreachable(exc) and self._buffer is not None
-                    and self._spool_fallback):
-                # A small body is still in memory: keep it in the spool instead.
+                raise KeyTaken(key) from exc
+            if self._spool_fallback and (landed is None or is_unreachable(exc)):
+                # Keep the body in the spool: its shipper looks for this very object before
+                # storing anything, so a put that landed after all is not stored twice.
                 storage.mark_unreachable(exc)
                 await self._divert_to_spool()
                 assert self._spool is not None
                 await self._spool.finish()
-                return await self._commit_spool(await self._spool.commit(meta))
-            raise as_storage_error(exc, "commit") from exc
-        self._done = True
-        return Stored(self.key, storage.url(self.key))
+                return await self._commit_spool(key, meta)
+            raise as_storage_error(exc, "PutObject") from exc
+        return self._stored(key)
 
-    async def _completed_anyway(self, size: int) -> bool:
-        """After CompleteMultipartUpload failed: whether S3 completed this very upload all
-        the same (the object at the key carries its record id and size)."""
+    async def _complete(self, key: str) -> Stored:
+        storage = self._storage
+        assert self._upload_id is not None
+        if key != self.key:
+            raise StorageUnavailable(f"S3 object {self.key} was taken meanwhile; the next "
+                                     "attempt will take another name")
+        size = sum(self._sizes)
         try:
-            found = await self._storage.head(self.key)
+            await storage.client.complete_multipart_upload(
+                Bucket=storage.destination.bucket, Key=storage.destination.object_key(key),
+                UploadId=self._upload_id, IfNoneMatch="*",
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": self._etags[n]}
+                                           for n in sorted(self._etags)]})
+        except S3_ERRORS as exc:
+            landed = await self._landed(key, size)
+            if landed is None:
+                raise CommitUncertain(
+                    f"S3 CompleteMultipartUpload of {key}: {exc}; whether it completed is "
+                    "checked when the record is settled") from exc
+            if not landed:
+                if is_conflict(exc):
+                    raise StorageUnavailable(
+                        f"S3 object {key} exists with other content; the next attempt will "
+                        "take another name") from exc
+                raise as_storage_error(exc, "CompleteMultipartUpload") from exc
+        return self._stored(key)
+
+    def _stored(self, key: str) -> Stored:
+        self._done = True
+        self._upload_id = None
+        self._release_buffer()
+        return Stored(key, self._storage.url(key))
+
+    async def _landed(self, key: str, size: int) -> bool | None:
+        """After a commit failed: whether S3 stored this very upload all the same (the
+        object at ``key`` carries its record id and size); None when S3 cannot tell."""
+        try:
+            found = await self._storage.head(key)
         except StorageError:
-            return False
-        return (found is not None and self._record_id is not None
+            return None
+        return (found is not None and bool(self._record_id)
                 and found.get("recsink-id") == self._record_id
                 and found.get("bytes") == str(size))
 
-    async def _commit_spool(self, stored: Stored) -> Stored:
+    async def _commit_spool(self, key: str, meta: Mapping[str, Any]) -> Stored:
+        assert self._spool is not None
+        stored = await self._spool.commit(key, meta)
         self._done = True
         return Stored(stored.key, stored.url, pending=True)
 
@@ -344,7 +352,7 @@ class S3Staging:
             self._storage.pool.release(self._buffer)
             self._buffer, self._fill = None, 0
 
-    async def abort(self) -> None:
+    async def abort(self) -> bool:
         if self._spool is not None:
             await self._spool.abort()
         for task in list(self._tasks):
@@ -353,9 +361,13 @@ class S3Staging:
             await asyncio.wait(list(self._tasks))
         self._release_buffer()
         if self._upload_id is not None and not self._done:
-            upload_id, self._upload_id = self._upload_id, None
-            self._storage.open_uploads.discard(upload_id)
-            await asyncio.shield(self._storage.abort_upload(upload_id, self._object_key))
+            upload = MultipartUpload(self.key, self._upload_id)
+            try:
+                await self._storage.discard(upload)
+            except StorageError:
+                return False
+            self._upload_id = None
+        return True
 
 
 class S3Storage:
@@ -371,10 +383,9 @@ class S3Storage:
         self.destination = Destination.parse(settings.url)
         self.pool = PartPool(settings.part_size, settings.max_buffer_bytes // settings.part_size)
         self.spool = DiskStorage(settings.spool_dir / "recordings", fsync=True)
-        self.journal = MultipartJournal(settings.spool_dir / "multipart")
-        self.claims = Claims(self, instance_id())
-        #: Multipart uploads open in this process, which the journal sweep must not touch.
-        self.open_uploads: set[str] = set()
+        #: The name the catalog knows this instance's spool by.
+        self.spool_id = settings.spool_id or (
+            f"{os.uname().nodename}:{settings.spool_dir.absolute()}")
         self._unreachable_until = 0.0
         self._log = logs.get_logger()
 
@@ -407,67 +418,39 @@ class S3Storage:
             options["StorageClass"] = self.settings.storage_class
         return options
 
-    # -- the Storage protocol ----------------------------------------------------------------
+    # -- the Storage contract -----------------------------------------------------------------
 
     async def start(self) -> int:
         swept = await self.spool.start()
-        await self.sweep_multipart()
+        await self._abort_journalled()
         return swept
 
-    async def sweep_multipart(self) -> int:
-        """Abort the multipart uploads this instance left behind (a crash, a failed abort),
-        never one it is still sending. Returns how many it tried."""
-        entries = [(upload_id, key) for upload_id, key in
-                   await asyncio.to_thread(self.journal.entries)
-                   if upload_id not in self.open_uploads]
-        for upload_id, object_key in entries:
-            await self.abort_upload(upload_id, object_key)
-        return len(entries)
+    async def _abort_journalled(self) -> None:
+        """recsink 0.1 listed its open multipart uploads in ``spool_dir/multipart``; abort
+        what an upgraded instance left there, then drop the directory (the catalog keeps
+        that list now)."""
+        journal = self.settings.spool_dir / "multipart"
+        if not journal.is_dir():
+            return
+        for entry in journal.iterdir():
+            upload_id, _, object_key = entry.read_text(encoding="utf-8").strip().partition("\n")
+            with contextlib.suppress(StorageError):
+                await self.discard(MultipartUpload(
+                    self.destination.storage_key(object_key), upload_id))
+                entry.unlink()
+        with contextlib.suppress(OSError):
+            journal.rmdir()
 
-    def leftovers(self) -> int:
-        """Journal entries that are not uploads open in this process (blocking)."""
-        return sum(upload_id not in self.open_uploads
-                   for upload_id, _ in self.journal.entries())
-
-    async def abort_upload(self, upload_id: str, object_key: str) -> None:
-        """Abort a multipart upload; a failure is logged and counted, and the journal keeps
-        it for the next sweep."""
-        try:
-            await self.client.abort_multipart_upload(
-                Bucket=self.destination.bucket, Key=object_key, UploadId=upload_id)
-        except S3_ERRORS as exc:
-            if not is_missing(exc):  # NoSuchUpload: already gone
-                self.metrics.s3_abort_failures.inc()
-                self._log.error("s3.abort_failed", key=object_key, error=str(exc))
-                return
-        await asyncio.to_thread(self.journal.remove, upload_id)
-
-    async def claim(self, idempotency_key: str) -> Claim | Existing:
-        """See :mod:`recsink.storage.claims`. While S3 is unreachable the recording goes to
-        the spool unclaimed; the shipper claims it before shipping."""
-        if not self.reachable:
-            return NoClaim()
-        try:
-            return await self.claims.claim(idempotency_key)
-        except Unreachable:
-            return NoClaim()
-
-    async def settle_recovered(self, idempotency_key: str, key: str) -> None:
-        """See :meth:`recsink.storage.claims.Claims.settle_recovered`."""
-        await self.claims.settle_recovered(idempotency_key, key)
-
-    async def open_staging(self, key: str, meta: Mapping[str, Any]) -> S3Staging:
+    async def open_staging(self, key: str, meta: Mapping[str, Any],
+                           on_upload: OnUpload | None = None) -> S3Staging:
         """A staging object that streams to S3, or to the spool when S3 is unreachable."""
         if self.reachable:
             try:
-                return S3Staging(self, await self.free_key(key), meta)
+                return S3Staging(self, await self.free_key(key), meta, on_upload)
             except Unreachable:
                 pass
-        return S3Staging(self, key, meta, spool=await self.spool.open_staging(key, meta))
-
-    async def open_direct(self, key: str, meta: Mapping[str, Any]) -> S3Staging:
-        """A staging object that streams to S3 only (for shipping the spool)."""
-        return S3Staging(self, await self.free_key(key), meta, spool_fallback=False)
+        spool = await self.spool.open_staging(key, meta)
+        return S3Staging(self, key, meta, on_upload, spool=spool)
 
     async def free_key(self, key: str) -> str:
         """``key``, or its first variant no object has yet (never overwrite)."""
@@ -476,6 +459,71 @@ class S3Storage:
             n += 1
             candidate = variant(key, n)
         return candidate
+
+    async def find(self, key: str) -> Found | None:
+        """The spooled copy while one waits here, else the object in S3 (its sha256 and
+        record id as its metadata says)."""
+        if self.spool.path(key).is_file():
+            found = await self.spool.find(key)
+            if found is not None:
+                return Found(Stored(key, found.stored.url, pending=True), found.size,
+                             found.sha256)
+        meta = await self.head(key)
+        if meta is None:
+            return None
+        return Found(Stored(key, self.url(key)), int(meta["bytes"]), meta.get("sha256", ""),
+                     meta.get("recsink-id", ""))
+
+    async def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        if self.spool.path(key).is_file():  # spooled, not shipped yet
+            async for block in self.spool.read(key, chunk_size):
+                yield block
+            return
+        try:
+            response = await self.client.get_object(
+                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
+            async with response["Body"] as body:
+                while block := await body.read(chunk_size):
+                    yield block
+        except S3_ERRORS as exc:
+            if is_missing(exc):
+                raise StorageUnavailable(
+                    f"S3 has no object {key} (yet: it may wait in another instance's "
+                    "spool)") from exc
+            raise as_storage_error(exc, "GetObject") from exc
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(*S3_ERRORS):
+            await self.client.delete_object(
+                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
+        await self.spool.delete(key)
+
+    async def discard(self, upload: MultipartUpload) -> None:
+        try:
+            await self.client.abort_multipart_upload(
+                Bucket=self.destination.bucket,
+                Key=self.destination.object_key(upload.key), UploadId=upload.upload_id)
+        except S3_ERRORS as exc:
+            if is_missing(exc):  # NoSuchUpload: completed or aborted already
+                return
+            self.metrics.s3_abort_failures.inc()
+            self._log.error("s3.abort_failed", key=upload.key, error=str(exc))
+            raise as_storage_error(exc, "AbortMultipartUpload") from exc
+
+    def url(self, key: str) -> str:
+        return self.destination.url(key)
+
+    def local_root(self) -> Path:
+        return self.spool.root
+
+    async def check_writable(self) -> None:
+        await self.spool.check_writable()
+        try:
+            await self.client.head_bucket(Bucket=self.destination.bucket)
+        except S3_ERRORS as exc:
+            raise as_storage_error(exc, f"bucket {self.destination.bucket}") from exc
+
+    # -- S3's own ------------------------------------------------------------------------------
 
     async def head(self, key: str) -> dict[str, str] | None:
         """The object's metadata (decoded, plus ``bytes``), or None when there is none.
@@ -494,68 +542,37 @@ class S3Storage:
         meta["bytes"] = str(response["ContentLength"])
         return meta
 
-    async def replace_metadata(self, object_key: str, meta: Mapping[str, str]) -> None:
-        """Give a completed multipart object its final metadata (sha256, duration), which
-        CreateMultipartUpload could not carry: a server-side copy onto itself."""
-        try:
-            await self.client.copy_object(
-                Bucket=self.destination.bucket, Key=object_key,
-                CopySource={"Bucket": self.destination.bucket, "Key": object_key},
-                MetadataDirective="REPLACE", Metadata=dict(meta),
-                ContentType=content_type(object_key),
-                **self.write_options())
-        except S3_ERRORS as exc:
-            # The recording is stored; only its sha256/duration metadata is missing.
-            self._log.warning("s3.metadata_incomplete", key=object_key, error=str(exc))
-
-    def url(self, key: str) -> str:
-        return self.destination.url(key)
-
-    def local_root(self) -> Path:
-        return self.spool.root
-
-    def local_path(self, key: str) -> Path | None:
-        """The spooled copy, while a recording waits to be shipped."""
+    async def ship(self, key: str, meta: Mapping[str, Any],
+                   on_upload: OnUpload | None = None) -> Stored:
+        """Put the spooled copy at ``key`` into S3: at ``key``, or its first variant that is
+        free, unless one of them already holds this very recording (``meta``'s record id
+        and the copy's size: a put whose answer was lost), which is then the result.
+        Raises :class:`StorageError`."""
         path = self.spool.path(key)
-        return path if path.is_file() else None
-
-    async def read(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
-        if self.local_path(key) is not None:  # spooled, not shipped yet
-            async for block in self.spool.read(key, chunk_size):
-                yield block
-            return
-        try:
-            response = await self.client.get_object(
-                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
-            async with response["Body"] as body:
-                while block := await body.read(chunk_size):
-                    yield block
-        except S3_ERRORS as exc:
-            raise as_storage_error(exc, "GetObject") from exc
-
-    async def delete(self, key: str) -> None:
-        with contextlib.suppress(*S3_ERRORS):
-            await self.client.delete_object(
-                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
-        await self.spool.delete(key)
-
-    async def find(self, key: str) -> Found | None:
-        if self.local_path(key) is not None:
-            found = await self.spool.find(key)
-            if found is not None:
-                return Found(Stored(key, found.stored.url, pending=True), found.size,
-                             found.sha256)
-        meta = await self.head(key)
-        if meta is None:
-            return None
-        return Found(Stored(key, self.url(key)), int(meta["bytes"]), meta.get("sha256", ""))
-
-    async def check_writable(self) -> None:
-        await self.spool.check_writable()
-        try:
-            await self.client.head_bucket(Bucket=self.destination.bucket)
-        except S3_ERRORS as exc:
-            raise as_storage_error(exc, f"bucket {self.destination.bucket}") from exc
+        size = path.stat().st_size
+        record_id = str(meta.get("recsink-id") or "")
+        n = 1
+        while True:
+            candidate = key if n == 1 else variant(key, n)
+            there = await self.head(candidate)
+            if there is not None:
+                if there.get("recsink-id") == record_id and there.get("bytes") == str(size):
+                    return Stored(candidate, self.url(candidate))
+                n += 1
+                continue
+            staging = S3Staging(self, candidate, meta, on_upload, spool_fallback=False)
+            try:
+                async with aiofiles.open(path, "rb") as fh:
+                    while block := await fh.read(self.settings.part_size):
+                        await staging.write(block)
+                await staging.finish()
+                return await staging.commit(candidate, meta)
+            except KeyTaken:
+                await staging.abort()
+                n += 1
+            except BaseException:
+                await staging.abort()
+                raise
 
     async def list_objects(self) -> AsyncIterator[str]:
         """Every recording's storage key under the prefix (recsink's own objects left out)."""
@@ -566,9 +583,3 @@ class S3Storage:
             for item in page.get("Contents", []):
                 if not item["Key"].startswith(internal):
                     yield self.destination.storage_key(item["Key"])
-
-
-def instance_id() -> str:
-    """This process, for claims: host, pid and a random tail."""
-    return f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
-

@@ -1,15 +1,16 @@
 """S3 wire level: destinations, the aiobotocore client, error classification, metadata.
 
-Shared by :mod:`recsink.storage.s3` (uploads) and :mod:`recsink.storage.claims`. Client
-settings follow specs/s3.md §5: ``request_checksum_calculation`` configurable (default
-``when_required``, which third-party stores accept), path-style addressing, standard retries
-with backoff on throttling and 5xx.
+Used by :mod:`recsink.storage.s3`, :mod:`recsink.fetch` (bucket pulls) and
+:mod:`recsink.reindex`. Client settings follow specs/s3.md §5: ``request_checksum_calculation``
+configurable (default ``when_required``, which third-party stores accept), path-style
+addressing, standard retries with backoff on throttling and 5xx, ``storage.s3.max_attempts``
+attempts in all (botocore's ``total_max_attempts``: its ``max_attempts`` counts retries only,
+so 5 meant 6 attempts and 1 could not say "no retries").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,12 +31,13 @@ from botocore.exceptions import (
 
 from recsink.audio import media_type_for
 from recsink.config import S3Settings
-from recsink.storage import StorageError
+from recsink.storage import StorageError, StorageUnavailable
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
-#: Where recsink keeps its own objects in the bucket (claims), below the prefix.
+#: Where recsink 0.1 kept its own objects in the bucket (claims), below the prefix; listings
+#: of recordings still leave it out.
 INTERNAL_PREFIX = ".recsink"
 GCS_ENDPOINT = "https://storage.googleapis.com"
 
@@ -108,14 +110,14 @@ def is_unreachable(exc: BaseException) -> bool:
     return http_status(exc) >= 500
 
 
-class Unreachable(StorageError):
+class Unreachable(StorageUnavailable):
     """S3 did not answer (or kept answering 5xx)."""
 
 
 def as_storage_error(exc: BaseException, what: str) -> StorageError:
     if is_unreachable(exc):
         return Unreachable(f"S3 {what}: {exc}")
-    return StorageError(f"S3 {what}: {exc}")
+    return StorageUnavailable(f"S3 {what}: {exc}")
 
 
 def content_type(key: str) -> str:
@@ -127,22 +129,13 @@ def content_type(key: str) -> str:
 S3_ERRORS = (BotoCoreError, ClientError, OSError, asyncio.TimeoutError)
 
 
-# Google Cloud Storage's XML API takes generation preconditions instead of S3's ETag ones.
-gcs_precondition: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "gcs_precondition", default=None)
-
-
 def _gcs_headers(request: Any, **_: Any) -> None:
-    """before-sign hook for gs://: ``If-None-Match: *`` becomes
-    ``x-goog-if-generation-match: 0``; an explicit generation precondition is added."""
+    """before-sign hook for gs://: Google Cloud Storage's XML API takes a generation
+    precondition where S3 takes ``If-None-Match: *``: ``x-goog-if-generation-match: 0``."""
     headers = request.headers
     if headers.get("If-None-Match") == "*":
         del headers["If-None-Match"]
         headers["x-goog-if-generation-match"] = "0"
-    generation = gcs_precondition.get()
-    if generation is not None:
-        headers.pop("If-Match", None)
-        headers["x-goog-if-generation-match"] = generation
 
 
 @asynccontextmanager
@@ -159,7 +152,7 @@ async def open_client(settings: S3Settings) -> AsyncIterator[S3Client]:
         request_checksum_calculation=settings.request_checksum_calculation,
         response_checksum_validation=settings.request_checksum_calculation,
         s3={"addressing_style": settings.addressing_style},
-        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        retries={"total_max_attempts": settings.max_attempts, "mode": "standard"},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         max_pool_connections=64,

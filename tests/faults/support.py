@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import random
 import re
@@ -264,10 +263,6 @@ class Store(Protocol):
     def leftovers(self) -> list[str]:
         """Anything a failed or interrupted upload may have left behind."""
 
-    def unsettled_claims(self) -> list[str]:
-        """The idempotency keys whose claim still says "uploading" (a crashed or unfinished
-        upload)."""
-
 
 class DiskStore:
     """A disk storage root: committed files, and ``.staging`` for leftovers."""
@@ -282,9 +277,6 @@ class DiskStore:
 
     def leftovers(self) -> list[str]:
         return [f"staging file {p}" for p in _files(self.root / ".staging")]
-
-    def unsettled_claims(self) -> list[str]:
-        return []
 
 
 class BucketStore:
@@ -320,28 +312,12 @@ class BucketStore:
         return ([f"open multipart upload {u['Key']} ({u['UploadId'][:12]}…)"
                  for u in list_multipart_uploads(self.s3, self.bucket)]
                 + [f"spool staging file {p}"
-                   for p in _files(self.spool_dir / "recordings" / ".staging")]
-                + [f"multipart journal entry {p.name[:12]}…"
-                   for p in _files(self.spool_dir / "multipart")])
-
-    def unsettled_claims(self) -> list[str]:
-        unsettled = []
-        for obj in self._listing():
-            if "/.recsink/claims/" not in obj["Key"]:
-                continue
-            try:
-                raw = self.s3.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
-            except self.s3.exceptions.NoSuchKey:
-                continue  # released meanwhile
-            claim = json.loads(raw)
-            if claim.get("state") != "stored":
-                unsettled.append(str(claim.get("idempotency_key")))
-        return unsettled
+                   for p in _files(self.spool_dir / "recordings" / ".staging")])
 
 
 #: S3 settings of the fault tests: 5 MiB parts (the smallest S3 takes) so that multipart
-#: uploads are cheap to have in flight; claims abandoned by a killed process expire fast.
-S3_SETTINGS: dict[str, Any] = {"part_size": 5 * MiB, "claim_ttl": 3.0, "claim_refresh": 1.0}
+#: uploads are cheap to have in flight.
+S3_SETTINGS: dict[str, Any] = {"part_size": 5 * MiB}
 
 
 @dataclass
@@ -482,14 +458,14 @@ def settle(what: str, problems: Callable[[], list[str]], timeout: float) -> None
 
 def check_invariants(
     server: RunningServer, store: Store, *, acknowledged: Iterable[Upload] = (),
-    fds: Counter[str] | None = None, claims: bool = True, why: str = "",
+    fds: Counter[str] | None = None, why: str = "",
     timeout: float = 30,
 ) -> list[StoredObject]:
     """recsink's invariants once the dust settles, against storage as it really is:
 
     * once the server is quiet (:func:`quiesce`), no record is left ``uploading``;
-    * nothing leaked: no staging file, open multipart upload or journal entry, no file
-      descriptor beyond ``fds`` (the idle baseline), no claim left "uploading" (``claims``);
+    * nothing leaked: no staging file or open multipart upload, no file descriptor beyond
+      ``fds`` (the idle baseline);
     * the catalog agrees with storage: each completed record's object exists with the
       record's size and sha256, each object in storage has exactly one completed record,
       and no recording is stored twice;
@@ -503,8 +479,6 @@ def check_invariants(
         f"{r['id']} ({r['call_id']})" for r in all_records(server)
         if r["status"] == "uploading"], timeout)
     settle(f"{where}leftovers", store.leftovers, timeout)
-    if claims:
-        settle(f"{where}claims left saying \"uploading\"", store.unsettled_claims, timeout)
     if fds is not None:
         settle(f"{where}descriptors leaked", lambda: fd_leaks(server, store, fds), timeout)
 

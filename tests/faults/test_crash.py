@@ -112,10 +112,9 @@ async def test_kill_9_during_64_uploads_then_restart(crash: Crash) -> None:
     if isinstance(store, DiskStore):
         assert ready["staging_swept"] >= len(held), (why, ready)
     fds = fd_baseline(restarted, store)
-    # The cut-off uploads' claims still say "uploading": the PBX's retries take them over.
     objects = await asyncio.to_thread(
         check_invariants, restarted, store, acknowledged=acknowledged, fds=fds,
-        claims=False, why=f"{why}, after the restart")
+        why=f"{why}, after the restart")
     stored_before = {o.sha256 for o in objects}
     assert not stored_before & {item.sha256 for item in held}, why
     print(f"{len(acknowledged)} answered 201 before the kill, {len(unanswered)} cut off "
@@ -132,5 +131,5 @@ async def test_kill_9_during_64_uploads_then_restart(crash: Crash) -> None:
         assert reply.status == expected, (why, item.call_id, reply.status, reply.body)
     objects = await asyncio.to_thread(
         check_invariants, restarted, store, acknowledged=replies, fds=fds,
-        why=f"{why}, after the retries")  # every claim names its stored object
+        why=f"{why}, after the retries")
     assert len(objects) == UPLOADS, why

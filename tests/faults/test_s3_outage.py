@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import Reply, RunningServer, api_get
 from tests.faults.support import (
@@ -128,56 +127,119 @@ async def test_s3_outages_during_load_lose_nothing_acknowledged(
     assert len(objects) == len(items) + 1, why
 
 
-async def stall_the_complete(
-    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
-    tmp_path: Path,
-) -> tuple[RunningServer, BucketStore]:
-    """A server whose S3 requests time out after 1 s without retries, behind a proxy that
-    stalls (answers held until ``up()``) once a CompleteMultipartUpload has gone through."""
-    server = s3_server(endpoint=s3_proxy.url, **{**S3_SETTINGS, "read_timeout": 1.0,
-                                                 "max_attempts": 1})
-    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
-    await asyncio.to_thread(s3_proxy.stall_after,
-                            lambda data: b"</CompleteMultipartUpload>" in data)
-    return server, store
+def s3_server_behind(s3_server: Callable[..., RunningServer], s3_proxy: TcpProxy,
+                     ) -> RunningServer:
+    """A server whose S3 requests go through ``s3_proxy``, time out after 1 s and are not
+    retried (so a lost answer is seen as such)."""
+    return s3_server(endpoint=s3_proxy.url, **{**S3_SETTINGS, "read_timeout": 1.0,
+                                               "max_attempts": 1})
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True, reason=(
-    "BUG: when the answer to CompleteMultipartUpload is lost, recsink answers 503 and fails "
-    "the record, but S3 did complete the object: it stays in the bucket with no record, and "
-    "the retry stores a second copy at <key>~2 (recsink/storage/s3.py S3Staging.commit)"))
+def _complete(data: bytes) -> bool:
+    return b"</CompleteMultipartUpload>" in data
+
+
+def _put_of(call_id: str) -> Callable[[bytes], bool]:
+    """Matches the client read that ends a PutObject request of the recording of
+    ``call_id`` (its metadata names it): the head, then Content-Length bytes of body (one
+    S3 request at a time goes through the proxy in these tests)."""
+    left: list[int] = []
+
+    def match(data: bytes) -> bool:
+        if not left:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            request_line = head.split(b"\r\n", 1)[0]
+            if not (sep and request_line.startswith(b"PUT ") and b"uploadId=" not in request_line
+                    and b"x-amz-meta-call-id: " + call_id.encode() in head.lower()):
+                return False
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length is not None
+            left.append(int(length[1]) - len(body))
+        else:
+            left[0] -= len(data)
+        return left[0] <= 0
+
+    return match
+
+
 async def test_lost_answer_to_complete_multipart_leaves_no_orphan(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
     tmp_path: Path,
 ) -> None:
-    """When S3 completes a multipart upload but its answer never arrives (S3 stalls),
-    recsink answers 503; once S3 is back, no object is left without a completed record and
-    the PBX's retry does not store the recording a second time."""
-    server, store = await stall_the_complete(s3_server, s3, bucket, s3_proxy, tmp_path)
+    """When S3 completes a multipart upload but its answer never arrives and S3 stays away
+    (so nothing can be checked), recsink answers 503 and keeps its intent; once S3 is back,
+    the record is settled completed from the object, and the PBX's retry answers 200 with
+    it: no object without a record, no second copy."""
+    server = s3_server_behind(s3_server, s3_proxy)
+    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    await asyncio.to_thread(s3_proxy.stall_after, _complete)
     item = Upload("lost", "202611-lost0001", noise_wav(11 * MiB, random.Random(11)))
     reply = await upload(server.port, item)
     assert reply is not None
     assert reply.status == 503, reply.body
     await asyncio.to_thread(s3_proxy.up)
-    assert (await deliver(server.port, item)).status in (200, 201)
-    await asyncio.to_thread(check_invariants, server, store, acknowledged=[item])
+    again = await deliver(server.port, item)
+    assert again.status == 200, again.body
+    [obj] = await asyncio.to_thread(check_invariants, server, store, acknowledged=[item])
+    assert obj.url.endswith("/202611-lost0001.wav")  # the first attempt's object, no ~2
 
 
 async def test_lost_answer_to_complete_multipart_is_recognised(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
     tmp_path: Path,
 ) -> None:
-    """When the answer to CompleteMultipartUpload is lost (read timeout) but S3 answers
-    again right after, recsink finds that S3 completed its upload (the object carries its
-    record id and size) and answers 201: stored once, nothing orphaned."""
-    server, store = await stall_the_complete(s3_server, s3, bucket, s3_proxy, tmp_path)
+    """When the answer to CompleteMultipartUpload is lost but S3 answers the next request,
+    recsink finds that S3 completed its upload (the object carries its record id and size)
+    and answers 201: stored once, nothing orphaned."""
+    server = s3_server_behind(s3_server, s3_proxy)
+    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    await asyncio.to_thread(s3_proxy.drop_answer_to, _complete)
     item = Upload("late", "202611-late0001", noise_wav(11 * MiB, random.Random(12)))
-    sending = asyncio.create_task(upload(server.port, item))
-    await until(lambda: not s3_proxy.is_up, server, what="the stalled complete")
-    # Past the complete's read timeout (its answer is lost), within the check that follows.
-    await asyncio.sleep(2.5)
-    await asyncio.to_thread(s3_proxy.up)
-    reply = await sending
+    reply = await upload(server.port, item)
     assert reply is not None
     assert reply.status == 201, reply.body
     await asyncio.to_thread(check_invariants, server, store, acknowledged=[item])
+
+
+async def test_lost_answer_to_a_put_is_recognised(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+    tmp_path: Path,
+) -> None:
+    """When the answer to a single-request PutObject is lost but S3 answers the next
+    request, recsink finds its object and answers 201 without spooling a second copy."""
+    server = s3_server_behind(s3_server, s3_proxy)
+    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    item = Upload("putlost", "202611-putlost1", noise_wav(400_000, random.Random(13)))
+    await asyncio.to_thread(s3_proxy.drop_answer_to, _put_of(item.call_id))
+    reply = await upload(server.port, item)
+    assert reply is not None
+    assert reply.status == 201, reply.body
+    assert reply.json()["storage_url"].startswith("s3://")
+    await asyncio.to_thread(check_invariants, server, store, acknowledged=[item])
+
+
+async def test_put_that_landed_before_s3_went_away_is_not_shipped_twice(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str, s3_proxy: TcpProxy,
+    tmp_path: Path,
+) -> None:
+    """When S3 stores a PutObject and then stops answering (the answer and every check
+    after it lost), the recording is kept in the spool and acknowledged; once S3 is back,
+    the shipper finds that very object in S3 before storing anything: one object, the spool
+    empties, no ``~2`` copy."""
+    server = s3_server_behind(s3_server, s3_proxy)
+    store = BucketStore(s3, bucket, tmp_path / "server" / "spool", s3_proxy.port)
+    item = Upload("landed", "202611-landed01", noise_wav(400_000, random.Random(14)))
+    await asyncio.to_thread(s3_proxy.stall_after, _put_of(item.call_id))
+    reply = await upload(server.port, item)
+    assert reply is not None
+    assert reply.status == 201, reply.body
+    assert reply.json()["shipping"]["state"] == "pending"
+    await asyncio.to_thread(s3_proxy.up)
+
+    def shipped() -> bool:
+        [record] = all_records(server)
+        return (record["shipping"] or {}).get("state") == "shipped"
+
+    await until(shipped, server, what="the spooled copy shipped")
+    [obj] = await asyncio.to_thread(check_invariants, server, store, acknowledged=[item])
+    assert obj.url.endswith("/202611-landed01.wav")

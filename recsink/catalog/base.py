@@ -1,0 +1,280 @@
+"""The :class:`Catalog` interface and everything its two engines share.
+
+Every method is one statement, so one transaction: what a method returns is committed
+(durable), and a method that raises changed nothing, with one exception that callers must
+allow for: a write whose caller was cancelled may still commit (the engine finishes it).
+
+Leases (DESIGN.md "A fleet"): whoever works on a record (an upload, a pull, the shipper, a
+settle) holds its lease: ``lease_owner`` until ``lease_until`` (UTC, from the writer's clock;
+keep a fleet's clocks in sync). A write ``fenced`` by a lease changes the row only while that
+lease still holds it, else raises :class:`LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from recsink.catalog import sql
+from recsink.catalog.records import Queue, Recording, Status, utcnow
+from recsink.errors import Full, RecsinkError, Unavailable
+
+Row = Mapping[str, Any]
+
+
+class CatalogUnavailable(Unavailable):
+    """The catalog did not answer or failed; nothing of the write was kept."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("catalog_unavailable", f"catalog: {detail}")
+
+
+class CatalogFull(Full):
+    """The catalog's disk is full; nothing of the write was kept."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("storage_full", f"catalog: {detail}")
+
+
+class LeaseLost(Unavailable):
+    """The lease a write was fenced by is no longer held (it expired and was taken over)."""
+
+    def __init__(self, record_id: str) -> None:
+        super().__init__("lease_lost", f"record {record_id} was taken over by another "
+                         "upload after its lease expired", retry_after=5)
+
+
+class Conflict(Exception):
+    """A write would give a second row a unique value (an idempotency key) that one has."""
+
+
+class SchemaTooNew(RecsinkError):
+    """The catalog was migrated by a newer recsink than this one."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease on one record: its id and the owner token written into the row."""
+
+    record_id: str
+    owner: str
+
+
+class Catalog(abc.ABC):
+    """Recording records and the work kept with them; see the module docstring."""
+
+    #: Whether other recsink processes may share this catalog (PostgreSQL).
+    shared: ClassVar[bool]
+
+    def __init__(self, dialect: sql.Dialect) -> None:
+        self.dialect = dialect
+        d = dialect.sql
+        self._insert = d(sql.INSERT + " RETURNING *")
+        self._insert_new = d(sql.INSERT_NEW)
+        self._acquire = d(sql.ACQUIRE)
+        self._transition = sql.transition(dialect, matching=False)
+        self._transition_matching = sql.transition(dialect, matching=True)
+        self._claims = {q: sql.claim(dialect, q) for q in ("pull", "ship", "settle")}
+
+    # -- the engine -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _read(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
+        """Rows of a read; raises :class:`CatalogUnavailable`."""
+
+    @abc.abstractmethod
+    async def _write(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
+        """Rows of a committed write; raises :class:`CatalogUnavailable`,
+        :class:`CatalogFull`, :class:`Conflict`, or :class:`~recsink.errors.Malformed`
+        for a value the engine cannot store."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish the writes already submitted, then close."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise :class:`CatalogUnavailable` unless the catalog answers a query."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the catalog is, for logs (a password never shows)."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The catalog's schema version (0: empty)."""
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, record_id: str) -> Recording | None:
+        return await self._one(f"{sql.SELECT} WHERE id = :id", {"id": record_id})
+
+    async def by_key(self, key: str) -> Recording | None:
+        return await self._one(f"{sql.SELECT} WHERE idempotency_key = :key", {"key": key})
+
+    async def latest_completed(
+        self, source: str, call_id: str, name: str | None = None
+    ) -> Recording | None:
+        """The newest completed recording of ``call_id`` from ``source`` (with that file
+        ``name`` when given)."""
+        where = "source = :source AND call_id = :call_id AND status = 'completed'"
+        if name is not None:
+            where += " AND name = :name"
+        return await self._one(
+            f"{sql.SELECT} WHERE {where} ORDER BY received_at DESC LIMIT 1",
+            {"source": source, "call_id": call_id, "name": name})
+
+    async def search(
+        self, *, call_id: str | None = None, recording_id: str | None = None,
+        status: Status | None = None, limit: int = 100,
+    ) -> list[Recording]:
+        """Records matching every given filter, newest first."""
+        args: dict[str, Any] = {"call_id": call_id, "recording_id": recording_id,
+                                "status": status.value if status else None, "limit": limit}
+        where = [f"{c} = :{c}" for c in ("call_id", "recording_id", "status")
+                 if args[c] is not None]
+        statement = sql.SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(self.dialect.sql(
+            statement + " ORDER BY received_at DESC LIMIT :limit"), args)
+        return [self.dialect.decode(r) for r in rows]
+
+    async def pending(self, queue: Queue, spool: str = "") -> int:
+        """How many records wait in ``queue`` (ship: in ``spool``), due or not."""
+        rows = await self._read(self.dialect.sql(sql.pending(queue)), {"_spool": spool})
+        return int(rows[0]["n"])
+
+    async def _one(self, statement: str, args: Mapping[str, Any]) -> Recording | None:
+        rows = await self._read(self.dialect.sql(statement), args)
+        return self.dialect.decode(rows[0]) if rows else None
+
+    # -- platform events --------------------------------------------------------------------
+
+    async def insert(self, record: Recording) -> Recording | None:
+        """Insert ``record`` unless a record with its idempotency key exists; the new row,
+        or None (the existing record is left as it is)."""
+        rows = await self._write(self._insert_new, self._values(record))
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def transition(self, record: Recording) -> Recording:
+        """Apply a platform's status event for ``record.idempotency_key``: insert the record,
+        or move the existing one forward (a status never goes back: a late or repeated event
+        changes nothing), filling fields it does not have yet and merging metadata.
+        Returns the record as it now is."""
+        assert record.idempotency_key is not None
+        rows = await self._write(self._transition, self._values(record))
+        return self.dialect.decode(rows[0])
+
+    async def transition_matching(self, record: Recording, name: str) -> Recording | None:
+        """:meth:`transition`, except that an existing record whose metadata holds another
+        value under ``name`` (a top-level key) is left alone: None then."""
+        assert record.idempotency_key is not None
+        rows = await self._write(self._transition_matching,
+                                 {**self._values(record), **sql.json_key(name)})
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def adopt(self, record: Recording) -> Recording:
+        """Record a recording found already stored (``recsink reindex``): insert it, or
+        settle the unsettled row of its idempotency key; a settled row is left as it is."""
+        target = "idempotency_key" if record.idempotency_key else "id"
+        rows = await self._write(self.dialect.sql(sql.ADOPT.format(target=target)),
+                                 self._values(record, updated_at=utcnow()))
+        return self.dialect.decode(rows[0])
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def create(self, record: Recording, lease: Lease, ttl: float) -> Recording:
+        """Insert ``record`` (no idempotency key yet) held by ``lease`` for ``ttl`` s."""
+        assert record.id == lease.record_id
+        rows = await self._write(self._insert, self._leased(record, lease, ttl))
+        return self.dialect.decode(rows[0])
+
+    async def acquire(self, record: Recording, lease: Lease, ttl: float) -> Recording | None:
+        """Hold the row of ``record.idempotency_key`` with ``lease`` for ``ttl`` seconds:
+        ``record`` inserted as new, or the key's unsettled row that nobody holds taken over
+        (``uploading``, one more attempt; what its previous holder left, an intent or a
+        multipart upload, is still in it). None when the row is settled or held."""
+        assert record.idempotency_key is not None
+        now = utcnow()
+        args = {**self._leased(record, lease, ttl, now), "_now": self.dialect.encode_time(now)}
+        rows = await self._write(self._acquire, args)
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def take(self, record_id: str, lease: Lease, ttl: float) -> Recording | None:
+        """Hold the unsettled record ``record_id`` with ``lease`` for ``ttl`` seconds if
+        nobody holds it; None otherwise."""
+        now = utcnow()
+        encode = self.dialect.encode_time
+        rows = await self._write(self.dialect.sql(sql.TAKE),
+            {"_owner": lease.owner, "_until": encode(now + timedelta(seconds=ttl)),
+             "_now": encode(now), "_id": record_id})
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def renew(self, lease: Lease, ttl: float) -> bool:
+        """Extend ``lease`` by ``ttl`` seconds from now; False when it is no longer held."""
+        until = self.dialect.encode_time(utcnow() + timedelta(seconds=ttl))
+        rows = await self._write(self.dialect.sql(
+            "UPDATE recordings SET lease_until = :until WHERE id = :_id "
+            "AND lease_owner = :_owner RETURNING id"),
+            {"until": until, "_id": lease.record_id, "_owner": lease.owner})
+        return bool(rows)
+
+    async def update(self, record_id: str, lease: Lease | None = None,
+                     **values: Any) -> Recording:
+        """Set columns of one record (``updated_at`` too) and return it. With ``lease``,
+        only while that lease holds the record (:class:`LeaseLost` otherwise). Raises
+        ``KeyError`` when there is no such record, :class:`Conflict` when
+        ``idempotency_key`` is another record's."""
+        values["updated_at"] = utcnow()
+        row = self.dialect.encode(values)
+        statement = self.dialect.sql(sql.update(tuple(row), fenced=lease is not None))
+        args = {**row, "_id": record_id, "_owner": lease.owner if lease else None}
+        rows = await self._write(statement, args)
+        if not rows:
+            if lease is not None and await self.get(record_id) is not None:
+                raise LeaseLost(record_id)
+            raise KeyError(record_id)
+        return self.dialect.decode(rows[0])
+
+    async def release(self, lease: Lease, **values: Any) -> Recording:
+        """:meth:`update` under ``lease`` that also gives the lease up."""
+        return await self.update(lease.record_id, lease, lease_owner=None, lease_until=None,
+                                 **values)
+
+    async def claim(self, queue: Queue, owner: str, ttl: float, limit: int, *,
+                    spool: str = "", now: datetime | None = None) -> list[Recording]:
+        """Lease up to ``limit`` due records of ``queue`` to ``owner`` for ``ttl`` seconds
+        (PostgreSQL: rows other transactions are claiming are skipped, so each goes to one
+        claimer). ``pull``: pulls due; ``ship``: spooled copies in ``spool`` due;
+        ``settle``: leases that expired (an interrupted holder), and in a catalog no other
+        process shares, every lease another process than ``owner``'s holds (it stopped).
+        ``owner`` is ``<process>/<n>``."""
+        now = now or utcnow()
+        encode = self.dialect.encode_time
+        mine = "%" if self.shared else owner.rpartition("/")[0] + "/%"
+        return [self.dialect.decode(r) for r in await self._write(self._claims[queue], {
+            "_owner": owner, "_until": encode(utcnow() + timedelta(seconds=ttl)),
+            "_now": encode(now), "_limit": limit, "_spool": spool, "_mine": mine})]
+
+    async def delete(self, record_id: str) -> None:
+        await self._write(self.dialect.sql("DELETE FROM recordings WHERE id = :id"),
+                          {"id": record_id})
+
+    # -- values -----------------------------------------------------------------------------
+
+    def _values(self, record: Recording, updated_at: datetime | None = None) -> dict[str, Any]:
+        """Every field of ``record`` as parameters; ``updated_at`` (UTC) defaults to
+        ``received_at``."""
+        values = {name: getattr(record, name) for name in sql.FIELDS}
+        values["updated_at"] = updated_at or record.received_at
+        return self.dialect.encode(values)
+
+    def _leased(self, record: Recording, lease: Lease, ttl: float,
+                now: datetime | None = None) -> dict[str, Any]:
+        values = self._values(record)
+        values["lease_owner"] = lease.owner
+        values["lease_until"] = self.dialect.encode_time(
+            (now or utcnow()) + timedelta(seconds=ttl))
+        return values

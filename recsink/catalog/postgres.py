@@ -1,0 +1,139 @@
+"""The PostgreSQL catalog: the one truth a fleet of recsink instances shares
+(``catalog.url = "postgresql://…"``).
+
+Driver: psycopg 3 with psycopg_pool's :class:`~psycopg_pool.AsyncConnectionPool`
+(``catalog.pool_size`` connections per instance). psycopg is the driver PostgreSQL's own
+ecosystem maintains, speaks libpq (so every DSN and ``PG*`` setting operators know works),
+and with ``prepare_threshold=None`` it keeps no prepared statements on a server connection,
+which is what PgBouncer in transaction mode needs. recsink relies on no session state at
+all: every method is one autocommitted statement, and migrations hold a transaction-level
+advisory lock (``pg_advisory_xact_lock``), never a session-level one.
+
+Claims of due work use ``FOR UPDATE SKIP LOCKED``, so instances claiming at the same moment
+get different rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from recsink.catalog import sql
+from recsink.catalog.base import (
+    Catalog,
+    CatalogFull,
+    CatalogUnavailable,
+    Conflict,
+    Row,
+    SchemaTooNew,
+)
+from recsink.catalog.migrations import LATEST, migrations, too_new
+from recsink.config import mask_dsn as mask
+from recsink.errors import Malformed
+
+#: The transaction-level advisory lock migrations run under ("recsink" in ASCII).
+MIGRATION_LOCK = 0x72656373696E6B
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, pg_errors.UniqueViolation):
+        return Conflict(str(exc))
+    if isinstance(exc, pg_errors.DiskFull):
+        return CatalogFull(str(exc))
+    if isinstance(exc, psycopg.DataError):  # NUL in text, a number out of range, …
+        return Malformed("unstorable", f"a value cannot be stored in the catalog: "
+                         f"{str(exc).splitlines()[0]}")
+    if isinstance(exc, PoolTimeout):
+        return CatalogUnavailable(f"no connection to PostgreSQL: {exc}")
+    return CatalogUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+class PostgresCatalog(Catalog):
+    """The catalog in a PostgreSQL database; use :meth:`open`, then :meth:`close`."""
+
+    shared: ClassVar[bool] = True
+
+    def __init__(self, url: str, pool: AsyncConnectionPool[Any], timeout: float) -> None:
+        super().__init__(sql.POSTGRES)
+        self.url = url
+        self._pool = pool
+        self._timeout = timeout
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10, wait: float = 5.0,
+                   migrate: bool = True) -> PostgresCatalog:
+        """Connect to ``url`` (a libpq DSN or URL), bring the schema up to date (unless
+        ``migrate`` is False) and return the catalog. ``wait``: seconds to wait for a
+        connection before an operation fails. Raises :class:`CatalogUnavailable`,
+        :class:`SchemaTooNew`."""
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url, min_size=1, max_size=pool_size, open=False, timeout=wait,
+            name="recsink-catalog",
+            kwargs={"autocommit": True, "prepare_threshold": None,
+                    "row_factory": dict_row, "connect_timeout": max(1, round(wait))})
+        try:
+            await pool.open(wait=True, timeout=wait)
+        except (PoolTimeout, psycopg.Error) as exc:
+            await pool.close()
+            raise CatalogUnavailable(f"cannot connect to {mask(url)}: {exc}") from exc
+        catalog = cls(url, pool, wait)
+        try:
+            await catalog._migrate(apply=migrate)
+        except BaseException:
+            await pool.close()
+            raise
+        return catalog
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1", {})
+
+    def describe(self) -> str:
+        return mask(self.url)
+
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT version FROM recsink_schema", {})
+        return int(rows[0]["version"]) if rows else 0
+
+    async def _read(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
+        return await self._write(statement, args)
+
+    async def _write(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                cursor = await conn.execute(statement, args)
+                return await cursor.fetchall() if cursor.description else []
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _translate(exc) from exc
+
+    async def _migrate(self, *, apply: bool) -> None:
+        """Apply the missing migrations in one transaction under the advisory lock, so
+        instances starting together on an empty database wait for each other."""
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn, \
+                    conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS recsink_schema (version integer NOT NULL)")
+                rows = await (await conn.execute("SELECT version FROM recsink_schema")).fetchall()
+                version = int(rows[0]["version"]) if rows else 0
+                if version > LATEST:
+                    raise SchemaTooNew("schema_too_new", too_new(version, mask(self.url)))
+                if version == LATEST or not apply:
+                    return
+                for target, script in migrations("postgres").items():
+                    if target > version:
+                        await conn.execute(script.encode())
+                if rows:
+                    await conn.execute("UPDATE recsink_schema SET version = %s", (LATEST,))
+                else:
+                    await conn.execute("INSERT INTO recsink_schema VALUES (%s)", (LATEST,))
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise CatalogUnavailable(f"migrating {mask(self.url)}: {exc}") from exc

@@ -1,0 +1,204 @@
+"""The catalog's statements, written once for SQLite and PostgreSQL.
+
+Statements use ``:name`` parameters; a :class:`Dialect` turns them into its driver's style
+(psycopg: ``%(name)s``) and supplies what the two engines spell differently: merging and
+reading JSON, ``FOR UPDATE SKIP LOCKED``, and how times and JSON travel as values (SQLite
+keeps both as text: times as fixed-width ISO 8601 UTC, which sorts like time itself;
+PostgreSQL as ``timestamptz`` and ``jsonb``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from recsink.catalog.records import SETTLED, Queue, Recording, Status, parse_iso
+
+FIELDS = tuple(f.name for f in fields(Recording))
+TIMES = frozenset({"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at",
+                   "next_pull_at", "lease_until"})
+
+_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one engine spells what the statements need."""
+
+    name: str
+    #: Parameter style: "named" (``:name``, sqlite3) or "pyformat" (``%(name)s``, psycopg).
+    paramstyle: str
+    #: ``{old}`` and ``{new}`` JSON objects merged, keys of ``new`` winning.
+    json_merge: str
+    #: The top-level value of ``{column}`` under the key in parameter ``:_key``
+    #: (``:_path``, ``$."key"``, for SQLite), comparable with ``=``, NULL when absent.
+    json_get: str
+    #: Appended to a SELECT whose rows a claim locks (PostgreSQL: skip rows others hold).
+    skip_locked: str
+
+    @cache  # noqa: B019 (a handful of statements per dialect, kept for the process)
+    def sql(self, text: str) -> str:
+        """``text`` in this dialect's parameter style."""
+        if self.paramstyle == "named":
+            return text
+        return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+
+    def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Column values as this engine's driver takes them."""
+        row = {}
+        for name, value in values.items():
+            if name in TIMES and isinstance(value, datetime):
+                value = self.encode_time(value)
+            elif name == "metadata":
+                value = self.encode_json(value)
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            row[name] = value
+        return row
+
+    def encode_time(self, when: datetime) -> Any:
+        if self.name == "postgres":
+            return when
+        return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def encode_json(self, value: dict[str, Any]) -> Any:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if self.name == "postgres":
+            from psycopg.types.json import Jsonb
+
+            return Jsonb(value, dumps=lambda _: text)
+        return text
+
+    def decode(self, row: Mapping[str, Any]) -> Recording:
+        """A row (every column of ``recordings``) as a :class:`Recording`."""
+        values = {name: row[name] for name in FIELDS}
+        for name in TIMES:
+            value = values[name]
+            if isinstance(value, str):
+                values[name] = parse_iso(value)
+            elif isinstance(value, datetime):
+                values[name] = value.astimezone(UTC)
+        if isinstance(values["metadata"], str):
+            values["metadata"] = json.loads(values["metadata"])
+        values["status"] = Status(values["status"])
+        return Recording(**values)
+
+
+SQLITE = Dialect("sqlite", "named", json_merge="json_patch({old}, {new})",
+                 json_get="json_extract({column}, :_path)", skip_locked="")
+POSTGRES = Dialect("postgres", "pyformat", json_merge="{old} || {new}",
+                   json_get="({column} -> :_key)", skip_locked=" FOR UPDATE SKIP LOCKED")
+
+
+def json_key(name: str) -> dict[str, str]:
+    """The parameters :attr:`Dialect.json_get` reads for the top-level key ``name``."""
+    return {"_key": name, "_path": "$." + json.dumps(name)}
+
+
+# -- statements ---------------------------------------------------------------------------
+
+SETTLED_LIST = ", ".join(f"'{s.value}'" for s in sorted(SETTLED))
+_COLUMNS = ", ".join(FIELDS)
+_MARKS = ", ".join(f":{c}" for c in FIELDS)
+INSERT = f"INSERT INTO recordings ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
+SELECT = "SELECT * FROM recordings"
+#: How far along each status is; platform events only ever move a recording forward.
+PROGRESS = {Status.RECORDING: 0, Status.UPLOADING: 1, Status.COMPLETED: 2,
+            Status.FAILED: 2, Status.DISCARDED: 2}
+FREE = "(recordings.lease_until IS NULL OR recordings.lease_until < :_now)"
+
+#: Take the lease of a key: a new row, or the unsettled row of the key if nobody holds it
+#: (its previous holder's intent and multipart upload stay, for the taker to settle).
+ACQUIRE = (
+    f"{INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, "
+    "attempts = recordings.attempts + 1, status = excluded.status, error = NULL, "
+    "updated_at = excluded.updated_at "
+    f"WHERE recordings.status NOT IN ({SETTLED_LIST}) AND {FREE} RETURNING *")
+
+#: Hold an unsettled row by id if nobody holds it.
+TAKE = ("UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
+        f"WHERE id = :_id AND status NOT IN ({SETTLED_LIST}) AND {FREE} RETURNING *")
+
+#: Insert unless the key has a row.
+INSERT_NEW = f"{INSERT} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+
+#: A found object's record: insert it, or settle the unsettled row of its key.
+_ADOPT_KEEPS = {"id", "idempotency_key", "received_at", "attempts", "metadata", "status"}
+_ADOPT_SET = ", ".join(
+    f"{c} = CASE WHEN recordings.status IN ({SETTLED_LIST}) THEN recordings.{c} "
+    f"ELSE excluded.{c} END" for c in FIELDS if c not in _ADOPT_KEEPS)
+ADOPT = (f"{INSERT} ON CONFLICT ({{target}}) DO UPDATE SET {_ADOPT_SET}, "
+         f"status = CASE WHEN recordings.status IN ({SETTLED_LIST}) THEN recordings.status "
+         f"ELSE excluded.status END RETURNING *")
+
+
+def _rank(column: str) -> str:
+    progress = " ".join(f"WHEN '{s.value}' THEN {n}" for s, n in PROGRESS.items())
+    return f"(CASE {column} {progress} END)"
+
+
+_FORWARD = f"{_rank('excluded.status')} > {_rank('recordings.status')}"
+_NOT_FILLED = {"id", "idempotency_key", "status", "metadata", "received_at", "updated_at",
+               "attempts", "ship_attempts", "pull_attempts", "lease_owner", "lease_until",
+               "upload_key", "upload_id"}
+
+
+def transition(dialect: Dialect, *, matching: bool) -> str:
+    """Insert a platform's event, or move the key's row forward, filling what it lacks and
+    merging metadata; with ``matching``, only a row whose metadata has no value or the same
+    value under the key in ``:_key``."""
+    fill = ", ".join(f"{c} = COALESCE(recordings.{c}, excluded.{c})"
+                     for c in FIELDS if c not in _NOT_FILLED)
+    merged = dialect.json_merge.format(old="recordings.metadata", new="excluded.metadata")
+    sql = (f"{INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {fill}, "
+           f"metadata = {merged}, "
+           f"updated_at = CASE WHEN {_FORWARD} THEN excluded.updated_at "
+           "ELSE recordings.updated_at END, "
+           f"status = CASE WHEN {_FORWARD} THEN excluded.status ELSE recordings.status END")
+    if matching:
+        old = dialect.json_get.format(column="recordings.metadata")
+        new = dialect.json_get.format(column="excluded.metadata")
+        sql += f" WHERE {old} IS NULL OR {old} = {new}"
+    return dialect.sql(sql + " RETURNING *")
+
+
+def update(columns: tuple[str, ...], *, fenced: bool) -> str:
+    """Set ``columns`` of the row ``:_id`` (held by ``:_owner`` when ``fenced``)."""
+    assigns = ", ".join(f"{c} = :{c}" for c in columns)
+    where = "id = :_id AND lease_owner = :_owner" if fenced else "id = :_id"
+    return f"UPDATE recordings SET {assigns} WHERE {where} RETURNING *"  # noqa: S608
+
+
+#: Each queue's due rows (not held by anyone) and their order.
+_DUE: dict[str, tuple[str, str]] = {
+    "pull": (f"pull_state = 'pending' AND next_pull_at <= :_now AND {FREE}", "next_pull_at"),
+    "ship": (f"ship_state = 'pending' AND (ship_spool = :_spool OR ship_spool IS NULL) "
+             f"AND next_ship_at <= :_now AND {FREE}", "next_ship_at"),
+    # Expired leases; in a catalog no other process shares, every other process's too.
+    "settle": ("lease_owner IS NOT NULL AND (lease_until < :_now "
+               "OR lease_owner NOT LIKE :_mine)", "lease_until"),
+}
+
+
+def claim(dialect: Dialect, queue: Queue) -> str:
+    """Lease up to ``:_limit`` due rows of ``queue`` to ``:_owner`` until ``:_until``."""
+    due, order = _DUE[queue]
+    return dialect.sql(
+        "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
+        f"WHERE id IN (SELECT id FROM recordings WHERE {due} ORDER BY {order} "
+        f"LIMIT :_limit{dialect.skip_locked}) RETURNING *")
+
+
+def pending(queue: Queue) -> str:
+    """How many rows wait in ``queue``, due or not."""
+    where = {"pull": "pull_state = 'pending'",
+             "ship": "ship_state = 'pending' AND (ship_spool = :_spool OR ship_spool IS NULL)",
+             "settle": "lease_owner IS NOT NULL"}[queue]
+    return f"SELECT COUNT(*) AS n FROM recordings WHERE {where}"  # noqa: S608
