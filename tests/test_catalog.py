@@ -313,3 +313,30 @@ async def test_upgrading_sqlite_settles_old_uploads_and_revives_sinch(tmp_path: 
         assert stale.id == "up"
     finally:
         await catalog.close()
+
+
+def test_recsink_migrate_brings_the_schema_up_and_says_from_what(
+    pg_dsn: str, tmp_path: Path,
+) -> None:
+    """``recsink migrate`` creates the schema of an empty PostgreSQL catalog and prints
+    from and to which version, changes nothing the second time, and exits 1 with a clear
+    message on a catalog migrated by a newer recsink."""
+    import json
+    import subprocess
+    import sys
+
+    import tomli_w
+
+    config = tmp_path / "c.toml"
+    config.write_text(tomli_w.dumps({"catalog": {"url": pg_dsn}}))
+    command = [sys.executable, "-m", "recsink", "migrate", "--config", str(config)]
+    runs = [subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert [json.loads(r.stdout)["from"] for r in runs] == [0, LATEST]
+    assert [json.loads(r.stdout)["to"] for r in runs] == [LATEST, LATEST]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE recsink_schema SET version = %s", (LATEST + 1,))
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1
+    assert "newer than this recsink understands" in refused.stderr
