@@ -281,12 +281,17 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     tmp_path: Path,
 ) -> None:
     """``recsink reindex`` on an empty catalog adds every stored recording from its object
-    metadata; a second run changes nothing; the instance then serves them."""
-    first = s3_server("a")
-    for n, (body, ext) in enumerate(((TESTBODY, "mp3"), (make_wav(1.0), "wav"))):
+    metadata, recomputing from the object itself what a multipart object's metadata lacks
+    (sha256, duration); a second run changes nothing; the instance then serves them."""
+    first = s3_server("a", part_size=5 * MiB)
+    large = b"".join(wav_stream(6 * MiB, seed=6))
+    for n, (body, ext) in enumerate(((TESTBODY, "mp3"), (make_wav(1.0), "wav"),
+                                     (large, "wav"))):
         reply = exchange(first.port, kazoo_put(path_a(f"re{n}", f"202611-re{n}", ext),
                                                  len(body)) + body)
         assert reply.status == 201
+        assert (n < 2) == ("sha256" in head_metadata(
+            s3, bucket, reply.json()["storage_url"].removeprefix(f"s3://{bucket}/")))
     workdir = tmp_path / "b"  # what s3_server("b") will use: its catalog and spool
     workdir.mkdir()
     config = merge({"catalog": {"path": str(workdir / "recsink.db")}},
@@ -295,8 +300,8 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     command = [sys.executable, "-m", "recsink", "reindex", "--config", "reindex.toml"]
     runs = [json.loads(subprocess.run(command, cwd=workdir, capture_output=True, text=True,
                                       check=True, timeout=60).stdout) for _ in range(2)]
-    assert runs[0] == {"seen": 2, "added": 2, "completed": 0, "unchanged": 0, "recomputed": 0}
-    assert runs[1] == {"seen": 2, "added": 0, "completed": 0, "unchanged": 2, "recomputed": 0}
+    assert runs[0] == {"seen": 3, "added": 3, "completed": 0, "unchanged": 0, "recomputed": 1}
+    assert runs[1] == {"seen": 3, "added": 0, "completed": 0, "unchanged": 3, "recomputed": 0}
 
     second = s3_server("b")
     [record] = api_get(second, "/v1/recordings?call_id=re1")["recordings"]
@@ -308,6 +313,12 @@ def test_reindex_rebuilds_a_catalog_from_the_bucket(
     again = exchange(second.port, kazoo_put(path_a("re1", "202611-re1"), 16044)
                      + make_wav(1.0))
     assert again.status == 200
+    [rebuilt] = api_get(second, "/v1/recordings?call_id=re2")["recordings"]
+    [original] = api_get(first, "/v1/recordings?call_id=re2")["recordings"]
+    assert rebuilt["sha256"] == hashlib.sha256(large).hexdigest()
+    assert {k: rebuilt[k] for k in ("id", "duration_ms", "byte_size", "sample_rate",
+                                    "channels")} == {
+        k: original[k] for k in ("id", "duration_ms", "byte_size", "sample_rate", "channels")}
 
 
 def test_destination_and_gcs_preconditions(moto: MotoServer, bucket: str) -> None:
@@ -335,3 +346,32 @@ def test_destination_and_gcs_preconditions(moto: MotoServer, bucket: str) -> Non
                for k, v in seen[-1].items()}
     assert headers["x-goog-if-generation-match"] == "0"
     assert "if-none-match" not in headers
+
+
+@pytest.mark.parametrize("attempts", [1, 3])
+async def test_max_attempts_counts_every_attempt(aiohttp_server: Any, attempts: int) -> None:
+    """``storage.s3.max_attempts`` is the number of attempts in all, the first included:
+    against an S3 stand-in that always answers 503 SlowDown, 1 makes exactly one request
+    (no retry) and 3 make three."""
+    from aiohttp import web
+
+    from recsink.config import S3Settings
+    from recsink.storage.s3client import open_client
+
+    seen: list[str] = []
+
+    async def slow_down(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.path}")
+        return web.Response(status=503, content_type="application/xml", text=(
+            "<Error><Code>SlowDown</Code><Message>Please reduce your request rate."
+            "</Message></Error>"))
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow_down)
+    server = await aiohttp_server(app)
+    settings = S3Settings(url="s3://bucket/calls", endpoint_url=str(server.make_url("")),
+                          credentials="testing:testing:us-east-1", max_attempts=attempts)
+    async with open_client(settings) as client:
+        with pytest.raises(Exception, match="SlowDown"):
+            await client.put_object(Bucket="bucket", Key="calls/x.wav", Body=b"x")
+    assert seen == ["PUT /bucket/calls/x.wav"] * attempts
