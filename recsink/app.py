@@ -96,7 +96,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(
             commits.sweep_forever(settings.catalog.sweep_interval)))
         ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, commits,
-                            metrics, scheduler.shield)
+                            metrics, scheduler)
         for name, source in (("sinch", settings.sinch), ("laml", settings.laml)):
             if not source.verify_signatures:
                 log.warning(

@@ -31,11 +31,12 @@ import base64
 import hashlib
 import mmap
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Protocol
+
+import aiojobs
 
 from recsink import logs
 from recsink.audio import (
@@ -59,10 +60,6 @@ from recsink.storage.keys import render_key
 
 #: Blocks are multiples of this many bytes (and so of any O_DIRECT alignment).
 MIN_BLOCK = 64 * 1024
-
-#: Runs clean-up that must finish even when the request is cancelled (a tracked job).
-Shield = Callable[[Awaitable[None]], Awaitable[None]]
-
 
 class Body(Protocol):
     """A recording's bytes as they arrive."""
@@ -186,7 +183,7 @@ class Ingestor:
         storage: Storage,
         commits: Commits,
         metrics: Metrics,
-        shield: Shield,
+        jobs: aiojobs.Scheduler,
     ) -> None:
         self.settings = settings
         self.key_template = key_template
@@ -194,7 +191,8 @@ class Ingestor:
         self.commits = commits
         self.catalog: Catalog = commits.catalog
         self.metrics = metrics
-        self._shield = shield
+        #: Clean-up that must finish even when the request is cancelled runs as its jobs.
+        self._jobs = jobs
         self._streaming = 0  # uploads between their first and last block
         self._block_bytes = 0  # their blocks, bytes
         self._log = logs.get_logger()
@@ -241,7 +239,10 @@ class Ingestor:
         try:
             return await self._store(attempt, head)
         except BaseException as exc:
-            await self._shield(self._fail(attempt, exc))
+            if isinstance(exc, asyncio.CancelledError):  # nobody waits: clean up as a job
+                await self._jobs.spawn(self._fail(attempt, exc))
+            else:
+                await self._jobs.shield(self._fail(attempt, exc))
             if isinstance(exc, RecsinkError):
                 exc.fields.setdefault("bytes", blocks.total)
                 exc.fields["record_id"] = held.id
