@@ -129,8 +129,8 @@ class Commits:
         """Stop keeping ``held``'s lease alive (it was released, or left to expire)."""
         self._held.discard(held)
         key = held.record.idempotency_key
-        if key is not None and (event := self._released.get(key)) is not None:
-            event.set()
+        if key is not None and (event := self._released.pop(key, None)) is not None:
+            event.set()  # every waiter looks again; the next ones wait on a new event
 
     # -- taking records ------------------------------------------------------------------------
 
@@ -215,12 +215,11 @@ class Commits:
         if left <= 0:
             raise RecordingBusy(self.settings.lease_wait)
         event = self._released.setdefault(key, asyncio.Event())
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(delay, left))
-        finally:
-            if not any(h.record.idempotency_key == key for h in self._held):
-                self._released.pop(key, None)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), min(delay, left))
+        if self._released.get(key) is event and not any(
+                h.record.idempotency_key == key for h in self._held):
+            del self._released[key]  # the holder is another process's: nobody here sets it
         return min(delay * 2, 1.0)
 
     # -- settling ------------------------------------------------------------------------------

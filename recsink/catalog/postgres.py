@@ -92,9 +92,6 @@ class PostgresCatalog(Catalog):
     async def close(self) -> None:
         await self._pool.close()
 
-    async def ping(self) -> None:
-        await self._read("SELECT 1", {})
-
     def describe(self) -> str:
         return mask(self.url)
 

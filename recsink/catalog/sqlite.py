@@ -102,9 +102,6 @@ class SqliteCatalog(Catalog):
         await self._reader.close()
         await self._db.close()
 
-    async def ping(self) -> None:
-        await self._read("SELECT 1", {})
-
     def describe(self) -> str:
         return str(self.path)
 

@@ -159,7 +159,7 @@ def test_recsink_starts_on_a_full_catalog_disk_and_settles_later(
     recsink starts all the same and serves (reads answer, uploads get 507), and settles the
     interrupted upload (``failed``, ``interrupted``) once space returns."""
     disk = tmpfs("8m", "catalog")
-    config = {"catalog": {"path": str(disk / "recsink.db"), "sweep_interval": 0.2}}
+    config = {"catalog": {"path": str(disk / "recsink.db")}}
     server = start_server(**config)
     body = make_wav(2.0)
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
