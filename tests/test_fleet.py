@@ -311,3 +311,34 @@ def test_a_recording_another_instance_is_receiving_waits_then_answers_503(
     again = exchange(second.port, kazoo_put(target, len(body)) + body)
     assert again.status == 200
     assert len(recordings(s3, bucket)) == 1
+
+
+def test_the_catalog_password_never_reaches_the_log(
+    start_server: Callable[..., RunningServer], pg_dsn: str, tmp_path: Path,
+) -> None:
+    """The password in ``catalog.url`` appears in no log line: not when recsink runs on it,
+    not when PostgreSQL refuses it or cannot be reached (exit 1, saying why)."""
+    from psycopg.conninfo import make_conninfo
+
+    password = "Sup3r-Secret-Pa55"
+    server = start_server(catalog={"url": make_conninfo(pg_dsn, password=password)})
+    body = make_wav(0.5)
+    assert exchange(server.port, kazoo_put(path_a("pw", "202611-pw"), len(body))
+                    + body).status == 201
+    server.stop()
+    assert password not in server.log_path.read_text()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    config = tmp_path / "down.toml"
+    config.write_text(tomli_w.dumps({"catalog": {
+        "url": f"postgresql://recsink:{password}@127.0.0.1:{port}/recsink",
+        "connect_timeout": 1.0}}))
+    done = subprocess.run([sys.executable, "-m", "recsink", "serve", "--config", str(config)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    assert "catalog_unavailable" in output or "cannot connect" in output
+    assert "postgresql://recsink:***@127.0.0.1" in output
+    assert password not in output
