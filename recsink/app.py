@@ -35,6 +35,8 @@ from recsink.storage.disk import DiskStorage
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-ID"
+#: Seconds the clean-up of failed and cancelled uploads gets at exit.
+CLEANUP_WAIT = 10.0
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -64,9 +66,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
     metrics = app[state.METRICS]
     log = logs.get_logger()
     async with contextlib.AsyncExitStack() as stack:
-        # Background jobs and shielded clean-ups; closing waits for the clean-ups.
-        scheduler = aiojobs.Scheduler(limit=None, close_timeout=5.0)
-        stack.push_async_callback(scheduler.close)
+        # Undone in reverse: background loops stop, their jobs are cancelled, the clean-ups
+        # those leave are waited for, then leases stop being renewed and the catalog closes.
         storage: Storage
         if settings.storage.backend == "s3":
             # Imported only when used: botocore costs about 11 MiB of memory per process.
@@ -84,6 +85,9 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(catalog.close)
         commits = Commits(catalog, storage, settings.catalog)
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(commits.keep_alive()))
+        # Clean-up of failed and cancelled uploads: waited for at exit, never cut short.
+        cleanups = aiojobs.Scheduler(limit=None)
+        stack.push_async_callback(cleanups.wait_and_close, CLEANUP_WAIT)
         completed = failed = 0
         try:  # what a stopped process of this catalog left (all of it, on SQLite)
             while True:
@@ -96,7 +100,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(
             commits.sweep_forever(settings.catalog.sweep_interval)))
         ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, commits,
-                            metrics, scheduler)
+                            metrics, cleanups)
         for name, source in (("sinch", settings.sinch), ("laml", settings.laml)):
             if not source.verify_signatures:
                 log.warning(
@@ -107,12 +111,17 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.info("storage.ready", backend=settings.storage.backend, **where,
                  staging_swept=swept, catalog=catalog.describe(),
                  recovered_completed=completed, recovered_failed=failed)
-        if settings.storage.backend == "s3":
-            shipping = asyncio.create_task(Shipper(s3, commits, metrics, scheduler).run())
-            stack.push_async_callback(cancel_and_wait, shipping)
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, http, stack, scheduler)
+        clients = await stack.enter_async_context(contextlib.AsyncExitStack())
+        # Pulls and shipping: cancelled at exit (what they hold is settled by whoever next
+        # takes it); their clean-ups go to ``cleanups``.
+        workers = aiojobs.Scheduler(limit=None, close_timeout=5.0)
+        stack.push_async_callback(workers.close)
+        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, http, clients, workers)
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(fetcher.run()))
+        if settings.storage.backend == "s3":
+            shipping = asyncio.create_task(Shipper(s3, commits, metrics, workers).run())
+            stack.push_async_callback(cancel_and_wait, shipping)
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
         app[state.INGESTOR] = ingestor
