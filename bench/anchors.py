@@ -9,7 +9,8 @@
 * :func:`plain_s3_upload`: a plain aiobotocore upload of the same files to the same S3
   endpoint, with recsink's own client configuration (:func:`recsink.storage.s3client.
   open_client`), the same part size, parts in flight per upload and part-buffer bound, and
-  the same concurrency; no claims, no HeadObject, no metadata copy.
+  the same concurrency; only the upload itself: no HeadObject for a free key (recsink makes
+  one per upload) and no catalog.
 """
 
 from __future__ import annotations

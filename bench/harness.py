@@ -5,15 +5,23 @@ groups, each server a real process on 127.0.0.1 started and stopped here by its 
 
 * **disk**: recsink (fsync on, fsync off) against ``dd`` of the same bytes (with and
   without ``conv=fsync``, as many at a time as the row's concurrency) and nginx's WebDAV
-  PUT (:mod:`bench.anchors`);
+  PUT (:mod:`bench.anchors`); on the 10 MiB concurrency-32 row also recsink with fsync on
+  and a PostgreSQL catalog, against the same on SQLite;
 * **s3**: recsink to a moto server against a plain aiobotocore upload of the same files to
   the same moto, and both to a discard-everything S3 stand-in (:mod:`bench.s3_discard`);
-* **sinch**: signed Sinch notify events (:mod:`bench.sinch_events`).
+* **sinch**: signed Sinch notify events (:mod:`bench.sinch_events`), on a SQLite catalog and
+  on a PostgreSQL one.
 
 Rows: 200 x 10 MiB at concurrency 1, 8, 32, 128; 20 x 100 MiB at concurrency 4; 4 x 1 GiB at
 concurrency 4 (recsink only: does its peak RSS stay flat as the size grows?); 5000 events at
 concurrency 1 and 32. ``--scale`` multiplies counts and sizes. Every row is verified
 (:mod:`bench.verify`); the exit status is 1 when any verification failed.
+
+The PostgreSQL is :func:`tests.pg_support.postgres_server`'s (``RECSINK_TEST_POSTGRES_URL``,
+else the machine's server on 127.0.0.1:5432 if it answers, else a private cluster started
+for the run and stopped at its end), started on first use; every PostgreSQL row gets a
+database of its own, created empty before the row's recsink starts and dropped after it
+stops. Without one, those rows are skipped with a note.
 """
 
 from __future__ import annotations
@@ -54,10 +62,12 @@ from bench.report import (
     PLAIN_MOTO,
     PLAIN_NULL,
     RS_FSYNC,
+    RS_FSYNC_PG,
     RS_MOTO,
     RS_NOFSYNC,
     RS_NULL,
     RS_SINCH,
+    RS_SINCH_PG,
     Result,
     Results,
     Row,
@@ -68,14 +78,17 @@ from bench.report import (
 )
 from bench.s3_discard import DiscardS3
 from bench.sinch_events import call_jobs, new_application, verify_catalog
-from recsink.config import S3Settings
+from recsink.config import S3Settings, mask_dsn
 from tests.conftest import RunningServer
+from tests.pg_support import PostgresServer, PostgresUnavailable, postgres_server
 from tests.s3support import MotoServer, s3_client
 
 GROUPS = ("disk", "s3", "sinch")
 BUCKET = "bench"
 #: Body sets: (name, uploads, bytes) at scale 1.
 SIZES = {"10m": 10 * MiB, "100m": 100 * MiB, "1g": 1 * GiB}
+#: The upload row that also runs recsink (fsync on) on a PostgreSQL catalog.
+PG_DISK_ROW = "10m-c32"
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,12 @@ class Harness:
         self.notes: list[str] = []
         self._bodies: dict[str, list[Body]] = {}
         self._warm: Body | None = None
+        #: What lasts the whole run (the PostgreSQL server once started), closed by run().
+        self._lasting = contextlib.ExitStack()
+        self._pg: PostgresServer | None = None
+        self._pg_missing: str | None = None
+        #: The PostgreSQL used, as report lines (empty when no row used one).
+        self.pg_lines: list[str] = []
 
     # -- bodies ------------------------------------------------------------------------------
 
@@ -157,6 +176,55 @@ class Harness:
         finally:
             stop_server(server)
 
+    # -- PostgreSQL ----------------------------------------------------------------------
+
+    def postgres(self) -> PostgresServer | None:
+        """The run's PostgreSQL (see the module docstring), started on first use; None, with
+        a note, when there is none."""
+        if self._pg is None and self._pg_missing is None:
+            try:
+                self._pg = self._lasting.enter_context(postgres_server())
+            except PostgresUnavailable as exc:
+                self._pg_missing = str(exc).splitlines()[0]
+                self.notes.append(f"PostgreSQL catalog rows skipped: {exc}")
+                return None
+            self.pg_lines = [self.describe_postgres(self._pg)]
+            log("bench", self.pg_lines[0].removeprefix("- "))
+        return self._pg
+
+    @staticmethod
+    def describe_postgres(pg: PostgresServer) -> str:
+        """The server as a report line: where it comes from, its version and durability."""
+        with pg.connect() as conn:
+            show = {name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+                    for name in ("server_version", "fsync", "synchronous_commit",
+                                 "shared_buffers", "max_connections")}
+        origin = (f"a private cluster started for the run (postmaster pid {pg.pid})"
+                  if pg.private else "a server already running, shared with other work")
+        return (f"- PostgreSQL catalog: {mask_dsn(pg.admin_dsn)}, {origin}: PostgreSQL "
+                f"{show['server_version']}, fsync {show['fsync']}, synchronous_commit "
+                f"{show['synchronous_commit']}, shared_buffers {show['shared_buffers']}, "
+                f"max_connections {show['max_connections']}; a fresh database per row, "
+                "recsink's default pool (catalog.pool_size 10)")
+
+    @contextlib.contextmanager
+    def pg_database(self) -> Iterator[str]:
+        """An empty database for one row (its DSN), dropped afterwards."""
+        pg = self.postgres()
+        assert pg is not None
+        dsn = pg.create_database()
+        try:
+            yield dsn
+        finally:
+            pg.drop_database(dsn)
+
+    def pg_skipped(self, row: Row, server: str) -> bool:
+        """True (and the row recorded as skipped) when there is no PostgreSQL."""
+        if self.postgres() is not None:
+            return False
+        self.results.append(Result(row, server, skipped=f"no PostgreSQL: {self._pg_missing}"))
+        return True
+
     def add(self, result: Result) -> None:
         result.load1 = os.getloadavg()[0]
         self.results.append(result)
@@ -176,7 +244,12 @@ class Harness:
         self.add(Result(row, name, load, meter.result.peak_kib, meter.result.idle_kib,
                         meter.result.cpu_s, load.client_cpu, check(load)))
 
-    def recsink_disk(self, row: Row, fsync: bool) -> None:
+    def recsink_disk(self, row: Row, fsync: bool, postgres: bool = False) -> None:
+        """recsink to disk, its catalog in SQLite or (``postgres``) in a fresh PostgreSQL
+        database."""
+        name = RS_FSYNC_PG if postgres else RS_FSYNC if fsync else RS_NOFSYNC
+        if postgres and self.pg_skipped(row, name):
+            return
         bodies = self.bodies(row)
         by_path = {b.path: b for b in bodies}
 
@@ -184,9 +257,12 @@ class Harness:
             self.warm_up(server)
             verify.remove_stored(server.root)
 
-        with self.recsink(f"recsink-fsync-{'on' if fsync else 'off'}-{row.key}",
-                          lambda workdir: disk_config(workdir, fsync), warm_up) as server:
-            self.recsink_row(row, server, RS_FSYNC if fsync else RS_NOFSYNC,
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(self.pg_database()) if postgres else None
+            server = stack.enter_context(self.recsink(
+                f"recsink-fsync-{'on' if fsync else 'off'}{'-pg' if postgres else ''}-{row.key}",
+                lambda workdir: disk_config(workdir, fsync, url), warm_up))
+            self.recsink_row(row, server, name,
                              [[r] for r in upload_requests(bodies, row.key)],
                              lambda load: verify.recsink_disk(load, by_path, server.root))
 
@@ -237,12 +313,16 @@ class Harness:
         steps: dict[str, Callable[[Row], None]] = {
             DD_FSYNC: lambda row: self.dd(row, fsync=True),
             RS_FSYNC: lambda row: self.recsink_disk(row, fsync=True),
+            RS_FSYNC_PG: lambda row: self.recsink_disk(row, fsync=True, postgres=True),
             DD: lambda row: self.dd(row, fsync=False),
             NGINX: lambda row: self.nginx(row, nginx, missing),
             RS_NOFSYNC: lambda row: self.recsink_disk(row, fsync=False),
         }
         for index, row in enumerate(self.plan.uploads):
-            names = [RS_FSYNC, RS_NOFSYNC] if row.key == "1g-c4" else list(steps)
+            if row.key == "1g-c4":
+                names = [RS_FSYNC, RS_NOFSYNC]
+            else:  # the PostgreSQL catalog on one row, right after the same on SQLite
+                names = [n for n in steps if n != RS_FSYNC_PG or row.key == PG_DISK_ROW]
             for name in self.order(index, names):
                 steps[name](row)
 
@@ -274,7 +354,9 @@ class Harness:
                             problems=check(load, keys)))
 
         def recsink(row: Row, endpoint: str, name: str, reset: Callable[[], None],
-                    check: Callable[[Load], list[str]]) -> None:
+                    check: Callable[[Load, verify.Catalog], list[str]]) -> None:
+            """recsink's row, then ``check`` with the catalog's records of its uploads, read
+            through the recsink process's API before it stops."""
             def warm_up(server: RunningServer) -> None:
                 self.warm_up(server)
                 reset()
@@ -282,25 +364,27 @@ class Harness:
             with self.recsink(f"recsink-s3-{'moto' if endpoint == moto.url else 'discard'}-"
                               f"{row.key}", lambda workdir: s3_config(
                                   workdir, endpoint, BUCKET, "recsink"), warm_up) as server:
-                self.recsink_row(row, server, name,
-                                 [[r] for r in upload_requests(self.bodies(row), row.key)],
-                                 check)
+                self.recsink_row(
+                    row, server, name, [[r] for r in upload_requests(self.bodies(row), row.key)],
+                    lambda load: check(load, verify.catalog_records(
+                        server.base, (r.request.tag for r in load.replies))))
 
         def one_row(index: int, row: Row) -> None:
             by_path = {b.path: b for b in self.bodies(row)}
             steps: dict[str, Callable[[], None]] = {
                 PLAIN_MOTO: lambda: plain(row, moto.url, PLAIN_MOTO, lambda load, keys: (
                     verify.moto(s3, BUCKET, "plain/", keys, by_path, load, frozenset({200})))),
-                RS_MOTO: lambda: recsink(row, moto.url, RS_MOTO, reset_moto, lambda load: (
+                RS_MOTO: lambda: recsink(row, moto.url, RS_MOTO, reset_moto, lambda load, cat: (
                     verify.moto(s3, BUCKET, "recsink/", verify.s3_keys(load, BUCKET), by_path,
-                                load, frozenset({201})))),
+                                load, frozenset({201}), catalog=cat))),
                 PLAIN_NULL: lambda: plain(row, standin.url, PLAIN_NULL, lambda load, keys: (
                     verify.standin(standin.objects(), BUCKET, "plain", keys, by_path, load,
-                                   frozenset({200}), part, meta_sha256=False))),
-                RS_NULL: lambda: recsink(row, standin.url, RS_NULL, standin.reset, lambda load: (
-                    verify.standin(standin.objects(), BUCKET, "recsink",
-                                   verify.s3_keys(load, BUCKET), by_path, load,
-                                   frozenset({201}), part, meta_sha256=True))),
+                                   frozenset({200}), part))),
+                RS_NULL: lambda: recsink(row, standin.url, RS_NULL, standin.reset,
+                                         lambda load, cat: verify.standin(
+                                             standin.objects(), BUCKET, "recsink",
+                                             verify.s3_keys(load, BUCKET), by_path, load,
+                                             frozenset({201}), part, catalog=cat)),
             }
             # moto keeps every object in memory: no 4 x 1 GiB there
             names = [RS_NULL] if row.key == "1g-c4" else list(steps)
@@ -321,30 +405,41 @@ class Harness:
             if warm.unexpected(frozenset({200})):
                 raise RuntimeError(f"warm-up events answered {[r.status for r in warm.replies]}")
 
-        for row in self.plan.events:
+        def one(row: Row, postgres: bool) -> None:
+            """The row on a SQLite catalog or (``postgres``) a fresh PostgreSQL database."""
+            name = RS_SINCH_PG if postgres else RS_SINCH
+            if postgres and self.pg_skipped(row, name):
+                return
             jobs = call_jobs(key, secret, row.key, row.count)
-            with self.recsink(f"recsink-sinch-{row.key}",
-                              lambda workdir: sinch_config(workdir, key, secret),
-                              warm_up) as server:
-                db = Path(server.config["catalog"]["path"])
+            with contextlib.ExitStack() as stack:
+                url = stack.enter_context(self.pg_database()) if postgres else None
+                server = stack.enter_context(self.recsink(
+                    f"recsink-sinch{'-pg' if postgres else ''}-{row.key}",
+                    lambda workdir: sinch_config(workdir, key, secret, url), warm_up))
+                catalog: Path | str = url or Path(server.config["catalog"]["path"])
 
-                def check(load: Load, db: Path = db,
-                          jobs: list[tuple[Request, Request]] = jobs) -> list[str]:
-                    return verify.statuses(load, frozenset({200})) + verify_catalog(db, jobs)
+                def check(load: Load) -> list[str]:
+                    return (verify.statuses(load, frozenset({200}))
+                            + verify_catalog(catalog, jobs))
 
-                self.recsink_row(row, server, RS_SINCH, jobs, check)
+                self.recsink_row(row, server, name, jobs, check)
+
+        for index, row in enumerate(self.plan.events):
+            for name in self.order(index, [RS_SINCH, RS_SINCH_PG]):
+                one(row, postgres=name == RS_SINCH_PG)
 
     def run(self, groups: list[str]) -> None:
-        for group in groups:
-            log("bench", f"group {group}")
-            try:
-                with contextlib.ExitStack() as stack:
-                    getattr(self, group)(stack)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                self.notes.append(f"group {group} failed: {type(exc).__name__}: {exc}")
-                log("bench", traceback.format_exc())
+        with self._lasting:  # stops a private PostgreSQL cluster, if one was started
+            for group in groups:
+                log("bench", f"group {group}")
+                try:
+                    with contextlib.ExitStack() as stack:
+                        getattr(self, group)(stack)
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:
+                    self.notes.append(f"group {group} failed: {type(exc).__name__}: {exc}")
+                    log("bench", traceback.format_exc())
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -399,7 +494,7 @@ def report(args: argparse.Namespace, argv: list[str], harness: Harness, machine:
              f"- command: `{shlex.join(['python', '-m', 'bench', *argv])}`",
              f"- scale: {args.scale:g}" + ("" if args.scale == 1 else
                                           " (not the issue's figures: use scale 1 for those)"),
-             *machine,
+             *machine, *harness.pg_lines,
              "- load average at end (1/5/15 min): "
              + " / ".join(f"{x:.2f}" for x in os.getloadavg()),
              f"- wall time: {wall:.0f} s", "",

@@ -1,7 +1,8 @@
 """recsink under test: one real ``recsink serve`` process per configuration (disk with fsync
-on, disk with fsync off, S3 to moto, S3 to the discard stand-in, Sinch events), logging at
-``warning`` (logging's cost is measured elsewhere), and what each row costs it: peak RSS
-(VmHWM reset with ``clear_refs`` before the row, and sampled) and CPU seconds.
+on, disk with fsync off, S3 to moto, S3 to the discard stand-in, Sinch events; disk with
+fsync on and Sinch events also on a PostgreSQL catalog), logging at ``warning`` (logging's
+cost is measured elsewhere), and what each row costs it: peak RSS (VmHWM reset with
+``clear_refs`` before the row, and sampled) and CPU seconds.
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ from tests.conftest import RunningServer, base_config, merge
 S3_CREDENTIALS = "testing:testing:us-east-1"
 
 
-def disk_config(workdir: Path, fsync: bool) -> dict[str, Any]:
-    """Disk storage under ``workdir``, fsync on or off."""
+def catalog_section(catalog_url: str | None) -> dict[str, Any]:
+    """``[catalog] url`` for a PostgreSQL catalog (the pool and timeouts as recsink's
+    defaults); nothing for SQLite under the row's directory (:func:`base_config`)."""
+    return {"catalog": {"url": catalog_url}} if catalog_url else {}
+
+
+def disk_config(workdir: Path, fsync: bool, catalog_url: str | None = None) -> dict[str, Any]:
+    """Disk storage under ``workdir``, fsync on or off; the catalog in SQLite there, or in
+    PostgreSQL at ``catalog_url``."""
     return merge(base_config(workdir), {"storage": {"disk": {"fsync": fsync}},
-                                        "log": {"level": "warning"}})
+                                        "log": {"level": "warning"},
+                                        **catalog_section(catalog_url)})
 
 
 def s3_config(workdir: Path, endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
@@ -46,13 +55,15 @@ def s3_config(workdir: Path, endpoint: str, bucket: str, prefix: str) -> dict[st
         "log": {"level": "warning"}})
 
 
-def sinch_config(workdir: Path, key: str, secret: str) -> dict[str, Any]:
+def sinch_config(workdir: Path, key: str, secret: str,
+                 catalog_url: str | None = None) -> dict[str, Any]:
     """Disk storage with fsync (the default), Sinch signature checking on, no pulls: the
-    catalog records ``recording_finished`` then ``recording_available`` durably."""
+    catalog (SQLite, or PostgreSQL at ``catalog_url``) records ``recording_finished`` then
+    ``recording_available`` durably."""
     return merge(base_config(workdir), {
         "sinch": {"applications": [{"key": key, "secret": secret}], "pull": False,
                   "verify_signatures": True},
-        "log": {"level": "warning"}})
+        "log": {"level": "warning"}, **catalog_section(catalog_url)})
 
 
 def start(workdir: Path, config: dict[str, Any]) -> RunningServer:

@@ -2,22 +2,25 @@
 
 An aiohttp app in its own process (``python -m bench.s3_discard``; it prints
 ``{"port": N}`` once listening on 127.0.0.1) answering the S3 calls recsink makes
-(recsink/storage/s3.py, s3client.py, claims.py) and the plain aiobotocore anchor makes,
-path-style:
+(recsink/storage/s3.py, s3client.py) and the plain aiobotocore anchor makes, path-style:
 
 * ``PUT /<bucket>`` (create), ``HEAD /<bucket>``, ``GET /<bucket>?uploads``
   (ListMultipartUploads);
-* ``PutObject`` (with ``If-None-Match: *`` or ``If-Match: <etag>``), ``GetObject`` and
-  ``HeadObject``, ``DeleteObject``;
-* ``CreateMultipartUpload``, ``UploadPart``, ``CompleteMultipartUpload`` (with
-  ``If-None-Match: *``), ``AbortMultipartUpload``;
-* ``CopyObject`` onto itself with ``x-amz-metadata-directive: REPLACE``.
+* ``PutObject`` (honouring ``If-None-Match: *`` and ``If-Match``), ``HeadObject``
+  (recsink looks for a free key before each upload), ``GetObject`` of a small object,
+  ``DeleteObject``;
+* ``CreateMultipartUpload`` (its ``x-amz-meta-*`` become the object's metadata),
+  ``UploadPart``, ``CompleteMultipartUpload`` (with ``If-None-Match: *``),
+  ``AbortMultipartUpload``.
 
-It keeps only what it needs: the bytes of small objects (claims, up to
-:data:`KEEP_BYTES`), and for every object its size, metadata and ETag, which is the MD5
-S3 computes (recsink compares each part's ETag with its own MD5); a multipart object's
-ETag is the MD5 of its parts' MD5s and ``-<parts>``, so the harness can check every stored
-object against the source file cut at the same part size. Everything else is discarded.
+recsink makes no CopyObject: one answers 501, so that a copy would fail the row instead of
+passing for a PutObject.
+
+It keeps only what it needs: for every object its size, metadata and ETag, which is the MD5
+S3 computes; a multipart object's ETag is the MD5 of its parts' MD5s and ``-<parts>``, so
+the harness can check every stored object against the source file cut at the same part
+size (and recsink's catalog holds the sha256). The bytes of objects up to
+:data:`KEEP_BYTES` are kept too, for GetObject; everything else is discarded.
 ``GET /_standin/objects`` lists the objects as JSON and ``POST /_standin/reset`` forgets
 them all (harness only). Signatures are not checked.
 """
@@ -33,7 +36,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -46,7 +48,7 @@ from aiohttp import web
 
 from bench.common import HOST, stop_process
 
-#: Objects up to this size keep their bytes (recsink's claims are ~200 bytes).
+#: Objects up to this size keep their bytes (GetObject answers 501 for larger ones).
 KEEP_BYTES = 64 * 1024
 XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _PART = re.compile(rb"<PartNumber>(\d+)</PartNumber>")
@@ -177,21 +179,8 @@ async def object_route(request: web.Request) -> web.StreamResponse:
 
     if method == "PUT" and "x-amz-copy-source" in request.headers:  # CopyObject
         await request.read()
-        source = request.headers["x-amz-copy-source"].lstrip("/").split("?")[0]
-        src_bucket, _, src_key = source.partition("/")
-        src = state.objects.get((src_bucket, urllib.parse.unquote(src_key)))
-        if src is None:
-            return _error(404, "NoSuchKey", "The specified key does not exist.")
-        replace = request.headers.get("x-amz-metadata-directive", "COPY").upper() == "REPLACE"
-        copied = Obj(src.size, src.etag,
-                     request.headers.get("Content-Type", src.content_type) if replace
-                     else src.content_type,
-                     _metadata(request) if replace else dict(src.metadata), time.time(),
-                     src.data)
-        state.objects[(bucket, key)] = copied
-        return _xml(f'<CopyObjectResult xmlns="{XMLNS}"><LastModified>'
-                    f'{time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(copied.modified))}'
-                    f"</LastModified><ETag>&quot;{copied.etag}&quot;</ETag></CopyObjectResult>")
+        return _error(501, "NotImplemented", "this stand-in makes no copies (recsink makes "
+                      "none: sha256 and duration live in its catalog)")
 
     if method == "PUT":  # PutObject
         refused = _precondition(request, existing)

@@ -4,7 +4,9 @@ Each call is two events sent in order on one keep-alive connection, as a platfor
 notifier sends them: ``recording_finished`` (the record becomes ``uploading``), then
 ``recording_available`` with its ``destination`` (``completed``, the destination as its
 ``storage_url``, since ``sinch.pull`` is off). Requests are signed with the ``application``
-scheme (:func:`recsink.sources.sinch.signature`) before the clock starts.
+scheme (:func:`recsink.sources.sinch.signature`) before the clock starts. Afterwards the
+catalog itself is read (SQLite read-only, or the row's PostgreSQL database) to check that
+every call has its one record, ``completed``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import sqlite3
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+import psycopg
 
 from bench.common import HOST
 from bench.loadgen import Request
@@ -56,16 +60,28 @@ def call_jobs(key: str, secret: str, row: str, events: int) -> list[tuple[Reques
              event_request(key, secret, call, "recording_available")) for call in calls]
 
 
-def verify_catalog(db: Path, jobs: list[tuple[Request, Request]]) -> list[str]:
-    """Problems with the catalog (opened read-only) for these calls: each must have exactly
-    one ``sinch`` record, ``completed``, with its destination as ``storage_url``."""
-    calls = {finished.tag.partition(":")[0] for finished, _ in jobs}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+SINCH_RECORDS = "SELECT call_id, status, storage_url FROM recordings WHERE source = 'sinch'"
+
+
+def catalog_rows(catalog: Path | str) -> list[tuple[str, str, str]]:
+    """``(call_id, status, storage_url)`` of every ``sinch`` record in the catalog: a
+    SQLite file (opened read-only) or a PostgreSQL DSN."""
+    if isinstance(catalog, str):
+        with psycopg.connect(catalog, autocommit=True, connect_timeout=10) as conn:
+            return [(str(a), str(b), str(c)) for a, b, c in conn.execute(SINCH_RECORDS)]
+    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True)
     try:
-        rows = con.execute("SELECT call_id, status, storage_url FROM recordings "
-                           "WHERE source = 'sinch'").fetchall()
+        return [(str(a), str(b), str(c)) for a, b, c in con.execute(SINCH_RECORDS)]
     finally:
         con.close()
+
+
+def verify_catalog(catalog: Path | str, jobs: list[tuple[Request, Request]]) -> list[str]:
+    """Problems with the catalog (a SQLite path or a PostgreSQL DSN) for these calls: each
+    must have exactly one ``sinch`` record, ``completed``, with its destination as
+    ``storage_url``."""
+    calls = {finished.tag.partition(":")[0] for finished, _ in jobs}
+    rows = catalog_rows(catalog)
     found: dict[str, list[tuple[str, str]]] = {}
     for call_id, status, storage_url in rows:
         if call_id in calls:

@@ -1,8 +1,12 @@
 """Verification after every row: every stored copy has its source's sha256 (or, on the S3
-stand-in that keeps no bytes, the ETag S3 gives the source's bytes, and recsink's own
-``x-amz-meta-sha256``), the counts match, nothing is left half-done (staging files,
-nginx's body temp files, open multipart uploads). Each function returns a list of
-problems (empty: verified) and removes what the row stored so the next row starts clean.
+stand-in that keeps no bytes, its size and the ETag S3 gives the source's bytes), the counts
+match, nothing is left half-done (staging files, nginx's body temp files, open multipart
+uploads). For recsink's S3 rows, the record recsink's catalog holds for each upload (read
+back through the recsink process's ``/v1/recordings`` API) must be ``completed`` with the
+source's sha256 and size and name the object checked: a multipart object carries only the
+metadata known when it was created (its ``recsink-id``), the sha256 lives in the catalog.
+Each function returns a list of problems (empty: verified); the file verifiers also remove
+what the row stored so the next row starts clean.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -136,12 +141,63 @@ def s3_keys(load: Load, bucket: str) -> dict[str, Reply]:
     return keys
 
 
+#: Records per ``GET /v1/recordings`` (the API's largest ``limit``).
+API_LIMIT = 1000
+#: call id -> the catalog's records for it (recording resources), from the recsink API.
+Catalog = Mapping[str, list[dict[str, Any]]]
+
+
+def _get_json(url: str) -> Any:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def catalog_records(api: str, call_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """The records recsink's catalog holds for ``call_ids``, read through the recsink
+    process at ``api`` (``http://127.0.0.1:<port>``): one ``GET /v1/recordings?limit=``
+    for the newest, then one ``?call_id=`` for each call not among them."""
+    wanted = set(call_ids)
+    found: dict[str, list[dict[str, Any]]] = {}
+    limit = min(API_LIMIT, len(wanted) + 1)
+    for record in _get_json(f"{api}/v1/recordings?limit={limit}")["recordings"]:
+        if record.get("call_id") in wanted:
+            found.setdefault(record["call_id"], []).append(record)
+    for call_id in sorted(wanted - found.keys()):
+        query = urllib.parse.urlencode({"call_id": call_id, "limit": 10})
+        records = _get_json(f"{api}/v1/recordings?{query}")["recordings"]
+        if records:
+            found[call_id] = records
+    return found
+
+
+def _catalog_problems(key: str, reply: Reply, body: Body,
+                      catalog: Catalog) -> tuple[list[str], str]:
+    """Problems with the catalog's record of one recsink upload (one record for its call,
+    the one the 201 named, ``completed``, the source's sha256 and size, the object ``key``
+    as its ``storage_url``), and the record's id."""
+    records = catalog.get(reply.request.tag, [])
+    if len(records) != 1:
+        return [f"{key}: {len(records)} catalog records for call {reply.request.tag}"], ""
+    [record] = records
+    answered = _record(reply)
+    problems = [f"{key}: catalog {name} {record.get(name)!r}, expected {want!r}"
+                for name, want in (("id", answered.get("id")), ("status", "completed"),
+                                   ("sha256", body.sha256), ("byte_size", body.size),
+                                   ("storage_url", answered.get("storage_url")))
+                if record.get(name) != want]
+    return problems, str(record.get("id") or "")
+
+
 def moto(s3: S3Client, bucket: str, prefix: str, keys: Mapping[str, Reply],
-         bodies: Mapping[Path, Body], load: Load, ok: frozenset[int]) -> list[str]:
-    """Objects in moto: one per upload under ``prefix`` (recsink's ``.recsink/`` claims
-    aside), each read back and hashed against its source; no multipart upload open."""
+         bodies: Mapping[Path, Body], load: Load, ok: frozenset[int],
+         catalog: Catalog | None = None) -> list[str]:
+    """Objects in moto: exactly one per upload under ``prefix``, each read back and hashed
+    against its source; no multipart upload open. For recsink (``catalog``, from
+    :func:`catalog_records`), each upload's catalog record as :func:`_catalog_problems`
+    checks it."""
     problems = statuses(load, ok)
-    objects = {k for k in all_objects(s3, bucket, prefix) if "/.recsink/" not in f"/{k}"}
+    objects = set(all_objects(s3, bucket, prefix))
     if objects != set(keys):
         problems.append(f"{len(objects)} objects under {bucket}/{prefix}, {len(keys)} uploads "
                         f"named (e.g. extra {sorted(objects - set(keys))[:2]}, missing "
@@ -149,8 +205,10 @@ def moto(s3: S3Client, bucket: str, prefix: str, keys: Mapping[str, Reply],
     checks = []
     for key, reply in keys.items():
         assert reply.request.path is not None
-        checks.append((key, lambda k=key: object_sha256(s3, bucket, k),
-                       bodies[reply.request.path].sha256))
+        body = bodies[reply.request.path]
+        checks.append((key, lambda k=key: object_sha256(s3, bucket, k), body.sha256))
+        if catalog is not None:
+            problems += _catalog_problems(key, reply, body, catalog)[0]
     problems += _hash_all(checks)
     pending = list_multipart_uploads(s3, bucket)
     if pending:
@@ -160,13 +218,17 @@ def moto(s3: S3Client, bucket: str, prefix: str, keys: Mapping[str, Reply],
 
 def standin(listing: Mapping[str, Any], bucket: str, prefix: str, keys: Mapping[str, Reply],
             bodies: Mapping[Path, Body], load: Load, ok: frozenset[int], part_size: int,
-            meta_sha256: bool) -> list[str]:
-    """Objects in the discard stand-in (its ``objects()`` listing): one per upload under
-    ``prefix``, each with the ETag S3 gives its source cut at ``part_size`` and (recsink,
-    ``meta_sha256``) the source's sha256 as ``x-amz-meta-sha256``; no upload open."""
+            catalog: Catalog | None = None) -> list[str]:
+    """Objects in the discard stand-in (its ``objects()`` listing): exactly one per upload
+    under ``prefix``, each of its source's size and with the ETag S3 gives its source cut
+    at ``part_size``; no upload open. For recsink (``catalog``, from
+    :func:`catalog_records`), also each upload's catalog record (:func:`_catalog_problems`:
+    the source's sha256), the record's id as the object's ``x-amz-meta-recsink-id``, and
+    on an object stored by a single PutObject (smaller than a part) the source's sha256 as
+    its ``x-amz-meta-sha256``."""
     problems = statuses(load, ok)
     objects = {k.partition("/")[2]: v for k, v in listing["objects"].items()
-               if k.startswith(f"{bucket}/{prefix}/") and "/.recsink/" not in k}
+               if k.startswith(f"{bucket}/{prefix}/")}
     if set(objects) != set(keys):
         problems.append(f"{len(objects)} objects under {bucket}/{prefix}, {len(keys)} uploads")
     for key, reply in keys.items():
@@ -180,8 +242,17 @@ def standin(listing: Mapping[str, Any], bucket: str, prefix: str, keys: Mapping[
                             "source")
         if obj["size"] != body.size:
             problems.append(f"{key}: {obj['size']} bytes, source {body.size}")
-        if meta_sha256 and obj["metadata"].get("sha256") != body.sha256:
-            problems.append(f"{key}: x-amz-meta-sha256 {obj['metadata'].get('sha256')}")
+        if catalog is None:
+            continue
+        found, record_id = _catalog_problems(key, reply, body, catalog)
+        problems += found
+        meta = obj["metadata"]
+        if meta.get("recsink-id") != record_id:
+            problems.append(f"{key}: x-amz-meta-recsink-id {meta.get('recsink-id')!r}, "
+                            f"catalog record {record_id!r}")
+        if body.size < part_size and meta.get("sha256") != body.sha256:
+            problems.append(f"{key}: single PutObject with x-amz-meta-sha256 "
+                            f"{meta.get('sha256')!r}")
     if listing["uploads"]:
         problems.append(f"{len(listing['uploads'])} multipart uploads left open")
     return _limit(problems)
