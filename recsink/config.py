@@ -251,6 +251,11 @@ class CatalogSettings(_Section):
     pool_size: int = Field(10, ge=1, le=1000)
     #: Seconds to wait for a catalog connection before an operation fails (503).
     connect_timeout: float = Field(5.0, gt=0)
+    #: Let PostgreSQL keep the catalog's statements prepared on each connection (psycopg's
+    #: prepare_threshold): less server CPU per write. Off by default, because it is session
+    #: state that PgBouncer in transaction mode (before 1.21, or without
+    #: max_prepared_statements) cannot carry; turn it on for direct connections.
+    prepared_statements: bool = False
     #: Seconds a lease (an upload, pull, shipping or settle working on a record) lasts
     #: unless renewed; holders renew it every third of this while they make progress. An
     #: instance that dies leaves its leases to expire, and the next request or the sweeper

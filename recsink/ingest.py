@@ -8,15 +8,15 @@ said about it, and a :class:`Body` to read. Ingest then:
 1. refuses before reading a declared length over ``ingest.max_bytes`` (:class:`TooLarge`);
 2. answers with the existing record, without reading, when the sender's recording id is
    already stored (the idempotency key is known up front);
-3. reads the first bytes and sniffs the format (:class:`NotAudio` for anything else);
-4. holds the record's lease in the catalog (:mod:`recsink.commit`): the row of its key, or a
-   new row when the key depends on the content; a recording another upload is storing right
-   now waits for it, then is a duplicate (or 503 after ``catalog.lease_wait``);
-5. streams the body into a storage staging object in ``ingest.chunk_size`` blocks, hashing
+3. reads the first bytes, sniffs the format (:class:`NotAudio` for anything else), and
+   holds the record's lease in the catalog (:mod:`recsink.commit`): the row of its key, or
+   a new row when the key depends on the content; a recording another upload is storing
+   right now is waited for, then is a duplicate (or 503 after ``catalog.lease_wait``);
+4. streams the body into a storage staging object in ``ingest.chunk_size`` blocks, hashing
    (sha256, and MD5 when Content-MD5 was sent) in a worker thread while the block is written,
    and counting bytes against the cap and the declared length;
-6. makes the staged bytes durable, reads duration, sample rate and channels from them;
-7. gives a recording without a recording id its content key (call id and sha256), which may
+5. makes the staged bytes durable, reads duration, sample rate and channels from them;
+6. gives a recording without a recording id its content key (call id and sha256), which may
    make it a duplicate of one stored before; then commits (intent, storage commit,
    completed: :meth:`recsink.commit.Commits.commit`).
 

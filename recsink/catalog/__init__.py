@@ -48,7 +48,8 @@ async def open_catalog(settings: CatalogSettings, *, migrate: bool = True) -> Ca
         from recsink.catalog.postgres import PostgresCatalog
 
         return await PostgresCatalog.open(url, pool_size=settings.pool_size,
-                                          wait=settings.connect_timeout, migrate=migrate)
+                                          wait=settings.connect_timeout, migrate=migrate,
+                                          prepare=settings.prepared_statements)
     from recsink.catalog.sqlite import SqliteCatalog
 
     return await SqliteCatalog.open(settings.path, migrate=migrate)

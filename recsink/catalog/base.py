@@ -13,16 +13,19 @@ lease still holds it, else raises :class:`LeaseLost`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 
 from recsink.catalog import sql
+from recsink.catalog.group import Row
 from recsink.catalog.records import Queue, Recording, Status, utcnow
 from recsink.errors import Full, RecsinkError, Unavailable
 
-Row = Mapping[str, Any]
+#: The end of an insert statement, or what makes it from the inserted columns.
+Tail = str | Callable[[tuple[str, ...]], str]
 
 
 class CatalogUnavailable(Unavailable):
@@ -71,13 +74,11 @@ class Catalog(abc.ABC):
 
     def __init__(self, dialect: sql.Dialect) -> None:
         self.dialect = dialect
-        d = dialect.sql
-        self._insert = d(sql.INSERT + " RETURNING *")
-        self._insert_new = d(sql.INSERT_NEW)
-        self._acquire = d(sql.ACQUIRE)
-        self._transition = sql.transition(dialect, matching=False)
-        self._transition_matching = sql.transition(dialect, matching=True)
         self._claims = {q: sql.claim(dialect, q) for q in ("pull", "ship", "settle")}
+        self._transition: Tail = partial(sql.transition, dialect, matching=False)
+        self._transition_matching: Tail = partial(sql.transition, dialect, matching=True)
+        #: (tail, inserted columns) -> the statement in this dialect.
+        self._inserts: dict[tuple[Tail, tuple[str, ...]], str] = {}
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -87,9 +88,9 @@ class Catalog(abc.ABC):
 
     @abc.abstractmethod
     async def _write(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
-        """Rows of a committed write; raises :class:`CatalogUnavailable`,
-        :class:`CatalogFull`, :class:`Conflict`, or :class:`~recsink.errors.Malformed`
-        for a value the engine cannot store."""
+        """Rows of a committed write (every write statement returns rows); raises
+        :class:`CatalogUnavailable`, :class:`CatalogFull`, :class:`Conflict`, or
+        :class:`~recsink.errors.Malformed` for a value the engine cannot store."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -144,7 +145,7 @@ class Catalog(abc.ABC):
     async def pending(self, queue: Queue, spool: str = "") -> int:
         """How many records wait in ``queue`` (ship: in ``spool``), due or not."""
         rows = await self._read(self.dialect.sql(sql.pending(queue)), {"_spool": spool})
-        return int(rows[0]["n"])
+        return int(rows[0][0])
 
     async def _one(self, statement: str, args: Mapping[str, Any]) -> Recording | None:
         rows = await self._read(self.dialect.sql(statement), args)
@@ -155,7 +156,7 @@ class Catalog(abc.ABC):
     async def insert(self, record: Recording) -> Recording | None:
         """Insert ``record`` unless a record with its idempotency key exists; the new row,
         or None (the existing record is left as it is)."""
-        rows = await self._write(self._insert_new, self._values(record))
+        rows = await self._inserting(sql.INSERT_NEW, self._values(record))
         return self.dialect.decode(rows[0]) if rows else None
 
     async def transition(self, record: Recording) -> Recording:
@@ -164,23 +165,23 @@ class Catalog(abc.ABC):
         changes nothing), filling fields it does not have yet and merging metadata.
         Returns the record as it now is."""
         assert record.idempotency_key is not None
-        rows = await self._write(self._transition, self._values(record))
+        rows = await self._inserting(self._transition, self._values(record))
         return self.dialect.decode(rows[0])
 
     async def transition_matching(self, record: Recording, name: str) -> Recording | None:
         """:meth:`transition`, except that an existing record whose metadata holds another
         value under ``name`` (a top-level key) is left alone: None then."""
         assert record.idempotency_key is not None
-        rows = await self._write(self._transition_matching,
-                                 {**self._values(record), **sql.json_key(name)})
+        rows = await self._inserting(self._transition_matching, self._values(record),
+                                     **sql.json_key(name))
         return self.dialect.decode(rows[0]) if rows else None
 
     async def adopt(self, record: Recording) -> Recording:
         """Record a recording found already stored (``recsink reindex``): insert it, or
         settle the unsettled row of its idempotency key; a settled row is left as it is."""
         target = "idempotency_key" if record.idempotency_key else "id"
-        rows = await self._write(self.dialect.sql(sql.ADOPT.format(target=target)),
-                                 self._values(record, updated_at=utcnow()))
+        rows = await self._inserting(sql.ADOPT.format(target=target),
+                                     self._values(record, updated_at=utcnow()))
         return self.dialect.decode(rows[0])
 
     # -- leases -----------------------------------------------------------------------------
@@ -188,7 +189,7 @@ class Catalog(abc.ABC):
     async def create(self, record: Recording, lease: Lease, ttl: float) -> Recording:
         """Insert ``record`` (no idempotency key yet) held by ``lease`` for ``ttl`` s."""
         assert record.id == lease.record_id
-        rows = await self._write(self._insert, self._leased(record, lease, ttl))
+        rows = await self._inserting(sql.RETURNING, self._leased(record, lease, ttl))
         return self.dialect.decode(rows[0])
 
     async def acquire(self, record: Recording, lease: Lease, ttl: float) -> Recording | None:
@@ -198,8 +199,8 @@ class Catalog(abc.ABC):
         multipart upload, is still in it). None when the row is settled or held."""
         assert record.idempotency_key is not None
         now = utcnow()
-        args = {**self._leased(record, lease, ttl, now), "_now": self.dialect.encode_time(now)}
-        rows = await self._write(self._acquire, args)
+        rows = await self._inserting(sql.ACQUIRE, self._leased(record, lease, ttl, now),
+                                     _now=self.dialect.encode_time(now))
         return self.dialect.decode(rows[0]) if rows else None
 
     async def take(self, record_id: str, lease: Lease, ttl: float) -> Recording | None:
@@ -259,10 +260,22 @@ class Catalog(abc.ABC):
             "_now": encode(now), "_limit": limit, "_spool": spool, "_mine": mine})]
 
     async def delete(self, record_id: str) -> None:
-        await self._write(self.dialect.sql("DELETE FROM recordings WHERE id = :id"),
-                          {"id": record_id})
+        await self._write(self.dialect.sql("DELETE FROM recordings WHERE id = :id "
+                                           "RETURNING id"), {"id": record_id})
 
     # -- values -----------------------------------------------------------------------------
+
+    async def _inserting(self, tail: Tail, values: dict[str, Any], **extra: Any) -> list[Row]:
+        """Run the insert statement ending in ``tail`` (or in what ``tail`` makes of the
+        columns) for the columns of ``values`` that are not None (see
+        :func:`recsink.catalog.sql.insert`), with ``extra`` parameters."""
+        columns = tuple(name for name, value in values.items() if value is not None)
+        statement = self._inserts.get((tail, columns))
+        if statement is None:
+            end = tail if isinstance(tail, str) else tail(columns)
+            statement = self._inserts[tail, columns] = self.dialect.sql(
+                sql.insert(columns) + end)
+        return await self._write(statement, {**{c: values[c] for c in columns}, **extra})
 
     def _values(self, record: Recording, updated_at: datetime | None = None) -> dict[str, Any]:
         """Every field of ``record`` as parameters; ``updated_at`` (UTC) defaults to

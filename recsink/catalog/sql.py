@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import cache
@@ -21,6 +21,8 @@ from typing import Any
 from recsink.catalog.records import SETTLED, Queue, Recording, Status, parse_iso
 
 FIELDS = tuple(f.name for f in fields(Recording))
+#: Values every driver takes as they are.
+_PLAIN = frozenset({str, int, float, bool})
 TIMES = frozenset({"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at",
                    "next_pull_at", "lease_until"})
 
@@ -50,16 +52,17 @@ class Dialect:
         return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
 
     def encode(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """Column values as this engine's driver takes them."""
-        row = {}
+        """Column values as this engine's driver takes them (None stays None)."""
+        row = dict(values)
         for name, value in values.items():
-            if name in TIMES and isinstance(value, datetime):
-                value = self.encode_time(value)
+            if value is None or type(value) in _PLAIN:
+                continue
+            if isinstance(value, datetime):
+                row[name] = self.encode_time(value)
             elif name == "metadata":
-                value = self.encode_json(value)
+                row[name] = self.encode_json(value)
             elif isinstance(value, enum.Enum):
-                value = value.value
-            row[name] = value
+                row[name] = value.value
         return row
 
     def encode_time(self, when: datetime) -> Any:
@@ -75,9 +78,10 @@ class Dialect:
             return Jsonb(value, dumps=lambda _: text)
         return text
 
-    def decode(self, row: Mapping[str, Any]) -> Recording:
-        """A row (every column of ``recordings``) as a :class:`Recording`."""
-        values = {name: row[name] for name in FIELDS}
+    def decode(self, row: Sequence[Any]) -> Recording:
+        """A row (every column of ``recordings``, in :data:`FIELDS` order) as a
+        :class:`Recording`."""
+        values = dict(zip(FIELDS, row, strict=True))
         for name in TIMES:
             value = values[name]
             if isinstance(value, str):
@@ -104,39 +108,49 @@ def json_key(name: str) -> dict[str, str]:
 # -- statements ---------------------------------------------------------------------------
 
 SETTLED_LIST = ", ".join(f"'{s.value}'" for s in sorted(SETTLED))
-_COLUMNS = ", ".join(FIELDS)
-_MARKS = ", ".join(f":{c}" for c in FIELDS)
-INSERT = f"INSERT INTO recordings ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
-SELECT = "SELECT * FROM recordings"
+#: Every column, in :data:`FIELDS` order: rows come back as tuples in this order.
+COLUMNS = ", ".join(FIELDS)
+SELECT = f"SELECT {COLUMNS} FROM recordings"  # noqa: S608
+
+
+def insert(columns: tuple[str, ...]) -> str:
+    """``INSERT`` of ``columns`` (the others take their defaults: NULL, or the schema's),
+    to which a statement's tail (``ON CONFLICT …``, ``RETURNING …``) is appended. Inserting
+    only the values a record has keeps each statement, and its parameters, short."""
+    marks = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO recordings ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 #: How far along each status is; platform events only ever move a recording forward.
 PROGRESS = {Status.RECORDING: 0, Status.UPLOADING: 1, Status.COMPLETED: 2,
             Status.FAILED: 2, Status.DISCARDED: 2}
 FREE = "(recordings.lease_until IS NULL OR recordings.lease_until < :_now)"
 
+#: The tails of the statements that insert (see :func:`insert`).
+RETURNING = f" RETURNING {COLUMNS}"
+
 #: Take the lease of a key: a new row, or the unsettled row of the key if nobody holds it
 #: (its previous holder's intent and multipart upload stay, for the taker to settle).
 ACQUIRE = (
-    f"{INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET "
+    " ON CONFLICT (idempotency_key) DO UPDATE SET "
     "lease_owner = excluded.lease_owner, lease_until = excluded.lease_until, "
     "attempts = recordings.attempts + 1, status = excluded.status, error = NULL, "
     "updated_at = excluded.updated_at "
-    f"WHERE recordings.status NOT IN ({SETTLED_LIST}) AND {FREE} RETURNING *")
+    f"WHERE recordings.status NOT IN ({SETTLED_LIST}) AND {FREE}{RETURNING}")
 
 #: Hold an unsettled row by id if nobody holds it.
 TAKE = ("UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
-        f"WHERE id = :_id AND status NOT IN ({SETTLED_LIST}) AND {FREE} RETURNING *")
+        f"WHERE id = :_id AND status NOT IN ({SETTLED_LIST}) AND {FREE}{RETURNING}")
 
 #: Insert unless the key has a row.
-INSERT_NEW = f"{INSERT} ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
+INSERT_NEW = f" ON CONFLICT (idempotency_key) DO NOTHING{RETURNING}"
 
 #: A found object's record: insert it, or settle the unsettled row of its key.
 _ADOPT_KEEPS = {"id", "idempotency_key", "received_at", "attempts", "metadata", "status"}
 _ADOPT_SET = ", ".join(
     f"{c} = CASE WHEN recordings.status IN ({SETTLED_LIST}) THEN recordings.{c} "
     f"ELSE excluded.{c} END" for c in FIELDS if c not in _ADOPT_KEEPS)
-ADOPT = (f"{INSERT} ON CONFLICT ({{target}}) DO UPDATE SET {_ADOPT_SET}, "
+ADOPT = (f" ON CONFLICT ({{target}}) DO UPDATE SET {_ADOPT_SET}, "
          f"status = CASE WHEN recordings.status IN ({SETTLED_LIST}) THEN recordings.status "
-         f"ELSE excluded.status END RETURNING *")
+         f"ELSE excluded.status END{RETURNING}")
 
 
 def _rank(column: str) -> str:
@@ -150,14 +164,15 @@ _NOT_FILLED = {"id", "idempotency_key", "status", "metadata", "received_at", "up
                "upload_key", "upload_id"}
 
 
-def transition(dialect: Dialect, *, matching: bool) -> str:
-    """Insert a platform's event, or move the key's row forward, filling what it lacks and
-    merging metadata; with ``matching``, only a row whose metadata has no value or the same
-    value under the key in ``:_key``."""
+def transition(dialect: Dialect, columns: tuple[str, ...], *, matching: bool) -> str:
+    """(The tail of) inserting a platform's event of ``columns``, or moving the key's row
+    forward, filling what it lacks of them and merging metadata; with ``matching``, only a
+    row whose metadata has no value or the same value under the key in ``:_key``."""
     fill = ", ".join(f"{c} = COALESCE(recordings.{c}, excluded.{c})"
-                     for c in FIELDS if c not in _NOT_FILLED)
+                     for c in columns if c not in _NOT_FILLED)
+    fill = fill + ", " if fill else ""
     merged = dialect.json_merge.format(old="recordings.metadata", new="excluded.metadata")
-    sql = (f"{INSERT} ON CONFLICT (idempotency_key) DO UPDATE SET {fill}, "
+    sql = (f" ON CONFLICT (idempotency_key) DO UPDATE SET {fill}"
            f"metadata = {merged}, "
            f"updated_at = CASE WHEN {_FORWARD} THEN excluded.updated_at "
            "ELSE recordings.updated_at END, "
@@ -166,14 +181,14 @@ def transition(dialect: Dialect, *, matching: bool) -> str:
         old = dialect.json_get.format(column="recordings.metadata")
         new = dialect.json_get.format(column="excluded.metadata")
         sql += f" WHERE {old} IS NULL OR {old} = {new}"
-    return dialect.sql(sql + " RETURNING *")
+    return sql + RETURNING
 
 
 def update(columns: tuple[str, ...], *, fenced: bool) -> str:
     """Set ``columns`` of the row ``:_id`` (held by ``:_owner`` when ``fenced``)."""
     assigns = ", ".join(f"{c} = :{c}" for c in columns)
     where = "id = :_id AND lease_owner = :_owner" if fenced else "id = :_id"
-    return f"UPDATE recordings SET {assigns} WHERE {where} RETURNING *"  # noqa: S608
+    return f"UPDATE recordings SET {assigns} WHERE {where}{RETURNING}"  # noqa: S608
 
 
 #: Each queue's due rows (not held by anyone) and their order.
@@ -193,7 +208,7 @@ def claim(dialect: Dialect, queue: Queue) -> str:
     return dialect.sql(
         "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
         f"WHERE id IN (SELECT id FROM recordings WHERE {due} ORDER BY {order} "
-        f"LIMIT :_limit{dialect.skip_locked}) RETURNING *")
+        f"LIMIT :_limit{dialect.skip_locked}){RETURNING}")
 
 
 def pending(queue: Queue) -> str:

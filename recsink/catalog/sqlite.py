@@ -1,9 +1,8 @@
 """The SQLite catalog: one machine, one recsink process (the default, ``catalog.path``).
 
 Durability: WAL mode with ``synchronous=FULL``; once a write method returns, its change is
-committed and survives a crash. Writes are group-committed: every write waiting while the
-previous transaction commits goes into the next one, so N concurrent writers cost one WAL
-fsync, not N (each write still succeeds or fails on its own). Reads go through a second,
+committed and survives a crash. Writes are group-committed (:mod:`recsink.catalog.group`):
+N concurrent writers cost one WAL fsync, not N. Reads go through a second,
 read-only connection and see committed data only, without queueing behind a commit.
 aiosqlite runs each connection in its own thread.
 
@@ -13,11 +12,9 @@ the version is SQLite's ``user_version``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,19 +26,10 @@ from recsink.catalog.base import (
     CatalogFull,
     CatalogUnavailable,
     Conflict,
-    Row,
     SchemaTooNew,
 )
+from recsink.catalog.group import GroupCommit, Row, Write
 from recsink.catalog.migrations import LATEST, migrations, too_new
-
-
-@dataclass
-class _Write:
-    """One write statement waiting for the next group commit."""
-
-    statement: str
-    args: Mapping[str, Any]
-    done: asyncio.Future[list[Row]]
 
 
 def _translate(exc: sqlite3.Error) -> Exception:
@@ -64,8 +52,7 @@ class SqliteCatalog(Catalog):
         #: The writer connection; every write goes through :meth:`_write`.
         self._db = db
         self._reader = reader
-        self._queue: list[_Write] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._commit)
 
     @classmethod
     async def open(cls, path: Path, *, migrate: bool = True) -> SqliteCatalog:
@@ -78,14 +65,12 @@ class SqliteCatalog(Catalog):
         except (OSError, sqlite3.Error) as exc:
             raise CatalogUnavailable(f"cannot open {path}: {exc}") from exc
         try:
-            db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA busy_timeout=5000")
             with contextlib.suppress(sqlite3.OperationalError):  # a full disk: WAL already
                 await db.execute("PRAGMA journal_mode=WAL")
             await db.execute("PRAGMA synchronous=FULL")
             await _migrate(db, path, apply=migrate)
             reader = await aiosqlite.connect(path, isolation_level=None)
-            reader.row_factory = aiosqlite.Row
             await reader.execute("PRAGMA query_only=1")
             await reader.execute("PRAGMA busy_timeout=5000")
         except BaseException as exc:
@@ -96,9 +81,7 @@ class SqliteCatalog(Catalog):
         return cls(path, db, reader)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._committer)
+        await self._group.drain()
         await self._reader.close()
         await self._db.close()
 
@@ -107,61 +90,43 @@ class SqliteCatalog(Catalog):
 
     async def schema_version(self) -> int:
         rows = await self._read("PRAGMA user_version", {})
-        return int(next(iter(rows[0].values())))
+        return int(rows[0][0])
 
     async def _read(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
         try:
             rows = await self._reader.execute_fetchall(statement, args)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
-        return [dict(zip(r.keys(), r, strict=True)) for r in rows]
+        return list(rows)
 
     async def _write(self, statement: str, args: Mapping[str, Any]) -> list[Row]:
         """Run one write statement in the next group commit; its rows once committed."""
-        write = _Write(statement, args, asyncio.get_running_loop().create_future())
-        self._queue.append(write)
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_queued())
         try:
-            return await write.done
+            return await self._group.write(statement, args)
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
-    async def _commit_queued(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    await self._commit(batch)
-                except BaseException as exc:
-                    for write in batch:
-                        _resolve(write.done, error=exc)
-                    if not isinstance(exc, Exception):
-                        raise
-        finally:
-            self._committer = None
-
-    async def _commit(self, batch: list[_Write]) -> None:
-        """One transaction for ``batch``; each write's future gets its rows after the
-        commit, or the error of its own statement (a failed statement undoes only itself),
-        or the commit's error."""
+    async def _commit(self, batch: list[Write]) -> None:
+        """One transaction for ``batch``; each write gets its rows after the commit, or the
+        error of its own statement (a failed statement undoes only itself), or the
+        commit's error."""
         db = self._db
         if len(batch) == 1:  # autocommit: no BEGIN/COMMIT round trips
             write = batch[0]
-            _resolve(write.done, _rows(await db.execute_fetchall(write.statement, write.args)))
+            write.answer(list(await db.execute_fetchall(write.statement, write.args)))
             return
         await db.execute("BEGIN IMMEDIATE")
-        ran: list[tuple[_Write, list[Row]]] = []
+        ran: list[tuple[Write, list[Row]]] = []
         for write in batch:
             try:
-                rows = _rows(await db.execute_fetchall(write.statement, write.args))
+                rows: list[Row] = list(await db.execute_fetchall(write.statement, write.args))
             except sqlite3.Error as exc:
                 if not db.in_transaction:  # the error rolled back the writes before it too
                     for earlier, _ in ran:
-                        _resolve(earlier.done, error=exc)
+                        earlier.answer(error=exc)
                     ran = []
                     await db.execute("BEGIN IMMEDIATE")
-                _resolve(write.done, error=exc)
+                write.answer(error=exc)
                 continue
             ran.append((write, rows))
         try:
@@ -171,11 +136,7 @@ class SqliteCatalog(Catalog):
                 await db.execute("ROLLBACK")
             raise
         for write, rows in ran:
-            _resolve(write.done, rows)
-
-
-def _rows(rows: Any) -> list[Row]:
-    return [dict(zip(r.keys(), r, strict=True)) for r in rows]
+            write.answer(rows)
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None:
@@ -211,16 +172,3 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return [s for s in statements if s]
-
-
-def _resolve(
-    done: asyncio.Future[list[Row]], rows: list[Row] | None = None,
-    error: BaseException | None = None,
-) -> None:
-    """Hand a write its rows or its error, unless its caller stopped waiting."""
-    if done.done():
-        return
-    if error is not None:
-        done.set_exception(error)
-    else:
-        done.set_result(rows or [])
