@@ -340,3 +340,31 @@ def test_recsink_migrate_brings_the_schema_up_and_says_from_what(
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert refused.returncode == 1
     assert "newer than this recsink understands" in refused.stderr
+
+
+async def test_postgres_writes_share_transactions_and_fail_alone(pg_dsn: str) -> None:
+    """On PostgreSQL, writes issued together are committed in shared transactions (their
+    rows carry fewer transaction ids than there are writes), each gets its own row back, and
+    a statement that fails (a value PostgreSQL cannot store) fails only its own caller."""
+    catalog = await PostgresCatalog.open(pg_dsn, pool_size=4)
+    try:
+        good = [upload(f"k:{n}", call_id=f"call-{n}") for n in range(20)]
+        rows = await asyncio.gather(*(catalog.acquire(r, lease_for(r), 60) for r in good))
+        assert [r.id if r else None for r in rows] == [r.id for r in good]
+        with psycopg.connect(pg_dsn) as conn:
+            [(transactions, count)] = conn.execute(
+                "SELECT count(DISTINCT xmin::text), count(*) FROM recordings").fetchall()
+        assert count == 20
+        assert transactions < 20
+        mixed = [upload(f"m:{n}", call_id="bad\x00" if n == 7 else f"call-{n}")
+                 for n in range(20)]
+        results = await asyncio.gather(
+            *(catalog.acquire(r, lease_for(r), 60) for r in mixed), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1
+        assert isinstance(refused[0], Malformed)
+        stored = sorted(r.idempotency_key or "" for r in results if isinstance(r, Recording))
+        assert stored == sorted(f"m:{n}" for n in range(20) if n != 7)
+        assert await catalog.by_key("m:7") is None
+    finally:
+        await catalog.close()
