@@ -191,18 +191,24 @@ class S3Staging:
         task.add_done_callback(self._tasks.discard)
 
     async def _create_upload(self) -> bool:
-        """Open the multipart upload and report it; False when S3 is unreachable and the
-        bytes so far went to the spool instead."""
+        """Open the multipart upload, under the first free variant of the key (a multipart
+        upload cannot change its key later), and report it; False when S3 is unreachable
+        and the bytes so far went to the spool instead."""
         storage = self._storage
         try:
+            self.key = await storage.free_key(self.key)
             response = await storage.client.create_multipart_upload(
                 Bucket=storage.destination.bucket, Key=storage.destination.object_key(self.key),
                 Metadata=self._create_meta, ContentType=content_type(self.key),
                 **storage.write_options())
-        except S3_ERRORS as exc:
-            if not (is_unreachable(exc) and self._spool_fallback):
+        except (*S3_ERRORS, Unreachable) as exc:
+            if not ((isinstance(exc, Unreachable) or is_unreachable(exc))
+                    and self._spool_fallback):
+                if isinstance(exc, StorageError):
+                    raise
                 raise as_storage_error(exc, "CreateMultipartUpload") from exc
-            storage.mark_unreachable(exc)
+            if not isinstance(exc, Unreachable):
+                storage.mark_unreachable(exc)
             await self._divert_to_spool()
             return False
         self._upload_id = response["UploadId"]
@@ -280,13 +286,14 @@ class S3Staging:
                 ContentType=content_type(key), IfNoneMatch="*", **storage.write_options())
         except S3_ERRORS as exc:
             # Lost answers happen: botocore's retry of a put S3 did carry out meets
-            # If-None-Match (412), a read timeout hides the 200.
-            landed = await self._landed(key, size)
+            # If-None-Match (412), a read timeout hides the 200. Unless S3 is gone (then the
+            # spool's shipper asks, below), ask S3 whether it stored this very object.
+            landed = None if is_unreachable(exc) else await self._landed(key, size)
             if landed:
                 return self._stored(key)
             if is_conflict(exc):
                 raise KeyTaken(key) from exc
-            if self._spool_fallback and (landed is None or is_unreachable(exc)):
+            if self._spool_fallback and landed is None:
                 # Keep the body in the spool: its shipper looks for this very object before
                 # storing anything, so a put that landed after all is not stored twice.
                 storage.mark_unreachable(exc)
@@ -443,12 +450,12 @@ class S3Storage:
 
     async def open_staging(self, key: str, meta: Mapping[str, Any],
                            on_upload: OnUpload | None = None) -> S3Staging:
-        """A staging object that streams to S3, or to the spool when S3 is unreachable."""
+        """A staging object that streams to S3, or to the spool while S3 is unreachable. No
+        request is made yet: a body smaller than one part goes up in one PutObject at the
+        commit (which never overwrites: a taken key is :class:`KeyTaken`), a larger one
+        looks for a free key when its multipart upload opens."""
         if self.reachable:
-            try:
-                return S3Staging(self, await self.free_key(key), meta, on_upload)
-            except Unreachable:
-                pass
+            return S3Staging(self, key, meta, on_upload)
         spool = await self.spool.open_staging(key, meta)
         return S3Staging(self, key, meta, on_upload, spool=spool)
 
