@@ -81,20 +81,16 @@ class Held:
     moved: bool = True
     #: While False (receiving a body), the lease is renewed only after progress.
     committing: bool = False
-    #: The lease was taken over by someone else meanwhile.
+    #: The lease was taken over by someone else meanwhile (its work should stop).
     lost: bool = False
     #: A failure left something (an intent, a multipart upload) for a settle to look at.
     leftover: bool = False
     #: More columns for the write that settles the record (a pull's state, for one).
     settles: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def id(self) -> str:
         return self.record.id
-
-    def progress(self) -> None:
-        self.moved = True
 
 
 class Commits:

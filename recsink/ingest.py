@@ -50,7 +50,7 @@ from recsink.audio import (
     probe_parts,
     sniff,
 )
-from recsink.catalog import Catalog, Recording, Status, new_id, utcnow
+from recsink.catalog import Catalog, LeaseLost, Recording, Status, new_id, utcnow
 from recsink.commit import Commits, Held
 from recsink.config import IngestSettings
 from recsink.errors import Malformed, NotAudio, RecsinkError, TooLarge
@@ -373,6 +373,8 @@ class Ingestor:
                 while filled:
                     if blocks.total > cap:
                         raise TooLarge("too_large", f"body is over the {cap}-byte limit")
+                    if held.lost:  # taken over: nobody will commit what this receives
+                        raise LeaseLost(held.id)
                     block = view[:filled]
                     await staging.write(block, digest)
                     received.inc(filled)
