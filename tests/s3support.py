@@ -171,8 +171,9 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.got_eof = False
         self.write_blocked = False
-        #: A client whose current request's answer is to be lost (``drop_answer_to``).
-        self.dropping = False
+        #: A client whose current request's answer is to be lost: "drop" (only that answer,
+        #: ``drop_answer_to``), "down" (and the proxy goes down, ``down_after_answer_to``).
+        self.dropping: str = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -204,18 +205,32 @@ class _Side(asyncio.Protocol):
             t.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        if (not self.accepted and self.peer is not None and self.peer.dropping
+                and data.startswith(b"HTTP/1.1 100 ") and self.peer.transport is not None):
+            # An interim "100 Continue" (botocore sends Expect: 100-continue with file-like
+            # bodies) is not the answer: pass it on, and judge what follows it.
+            while data.startswith(b"HTTP/1.1 100 "):  # werkzeug may send it twice
+                interim, _, data = data.partition(b"\r\n\r\n")
+                self.peer.transport.write(interim + b"\r\n\r\n")
+            if not data:
+                return
         if not self.accepted and self.peer is not None and self.peer.dropping:
             # The server answered the request whose answer is to be lost: drop it and
-            # reset the client's connection (the server keeps what it did).
+            # reset the client's connection (the server keeps what it did); with
+            # ``down_after_answer_to``, the proxy goes down from now on too.
+            down = self.peer.dropping == "down"
             self.peer.abort()
             self.abort()
+            if down:
+                asyncio.get_running_loop().create_task(self.proxy._down())
             return
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.write(data)
-            drop = self.proxy._drop_answer_to
-            if self.accepted and drop is not None and drop(data):
-                self.proxy._drop_answer_to = None
-                self.dropping = True
+            for mode in ("drop", "down"):
+                match = self.proxy._answer_rules.get(mode)
+                if self.accepted and match is not None and match(data):
+                    del self.proxy._answer_rules[mode]
+                    self.dropping = mode
             trigger = self.proxy._stall_after
             if self.accepted and trigger is not None and trigger(data):
                 # Forwarded, then nothing more moves: the request is served, its answer held.
@@ -270,9 +285,10 @@ class TcpProxy:
 
     ``down()`` refuses new connections and resets open ones, ``stall()`` keeps connections but
     stops moving bytes, ``stall_after(request)`` does so once a chosen request went through
-    (its answer is lost), ``drop_answer_to(request)`` loses that one answer only, ``up()``
-    restores normal forwarding on the same port. The methods are
-    thread-safe and return once the change is in effect.
+    (its answer is lost), ``down_after_answer_to(request)`` goes down as a chosen request's
+    answer comes back (lost), ``drop_answer_to(request)`` loses that one answer only, ``up()``
+    restores normal forwarding on the same port. The methods are thread-safe and return once
+    the change is in effect.
     """
 
     def __init__(self, target: tuple[str, int], port: int = 0) -> None:
@@ -287,7 +303,8 @@ class TcpProxy:
         self._connecting: set[asyncio.Task[None]] = set()
         self._stalled = False
         self._stall_after: Callable[[bytes], bool] | None = None
-        self._drop_answer_to: Callable[[bytes], bool] | None = None
+        #: "drop" / "down" -> the request whose answer is to be lost (see _Side.dropping).
+        self._answer_rules: dict[str, Callable[[bytes], bool]] = {}
 
     @staticmethod
     def _bind(port: int) -> socket.socket:
@@ -352,7 +369,21 @@ class TcpProxy:
         the server having done what was asked)."""
 
         async def arm() -> None:
-            self._drop_answer_to = request
+            self._answer_rules["drop"] = request
+
+        self._call(arm)
+
+    def down_after_answer_to(self, request: Callable[[bytes], bool]) -> None:
+        """Lose the answer to one request and go down from then on (as :meth:`down`): the
+        server handles the request whose start (a client read for which ``request`` is
+        true) went through, and as its answer comes back, that answer is dropped, its
+        client's connection reset, and new connections are refused until ``up()``. Unlike
+        :meth:`stall_after`, the request's body is forwarded whole whatever its size, and a
+        client that tries again (aiohttp does, on a reused connection) is refused at once
+        rather than held."""
+
+        async def arm() -> None:
+            self._answer_rules["down"] = request
 
         self._call(arm)
 
@@ -380,6 +411,7 @@ class TcpProxy:
     async def _up(self) -> None:
         self._stalled = False
         self._stall_after = None
+        self._answer_rules.clear()
         if self._server is None:
             sock, self._sock = self._sock or self._bind(self.port), None
             self._server = await asyncio.get_running_loop().create_server(
