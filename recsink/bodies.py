@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from recsink.errors import Malformed, Stalled
+from recsink.errors import Malformed, Stalled, TooLarge
 
 _T = TypeVar("_T")
 
@@ -39,6 +39,30 @@ async def guarded(read: Awaitable[_T], idle_timeout: float) -> _T:
     except _BROKEN as exc:
         raise Malformed(
             "client_disconnected", f"the body broke off: {exc or type(exc).__name__}") from exc
+
+
+async def read_capped(request: web.BaseRequest, limit: int, idle_timeout: float,
+                      what: str) -> bytes:
+    """The whole body of a small request (a signed callback), at most ``limit`` bytes.
+
+    The cap holds for every framing: a Content-Length over ``limit`` is refused before a
+    byte is read, and a chunked (or any other) body is read with a running count and refused
+    as soon as byte ``limit + 1`` arrives, before the rest is read; recsink never holds more
+    than ``limit + 1`` bytes of it. Raises 413 ``too_large`` ("``what`` is at most ``limit``
+    bytes"), 408 ``body_timeout`` after ``idle_timeout`` seconds without a byte, 400
+    ``client_disconnected`` for a body that broke off.
+    """
+    refused = TooLarge("too_large", f"{what} is at most {limit} bytes", limit=limit)
+    if request.content_length is not None and request.content_length > limit:
+        raise refused
+    body = bytearray()
+    while True:
+        chunk = await guarded(request.content.read(limit + 1 - len(body)), idle_timeout)
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            raise refused
 
 
 class Readable(Protocol):

@@ -385,8 +385,11 @@ class SinchSettings(_Section):
     applications: list[SinchApplication] = []
     #: Refuse callbacks without a valid signature. Turn off only for a trusted network.
     verify_signatures: bool = True
-    #: Seconds an ``x-timestamp`` may differ from now.
+    #: Seconds an ``x-timestamp`` may lie in the past; a signature stays acceptable, and is
+    #: remembered against replays, this long.
     timestamp_window: float = Field(900.0, gt=0)
+    #: Seconds an ``x-timestamp`` may lie in the future (Sinch's clock ahead of ours).
+    timestamp_future: float = Field(60.0, ge=0)
     #: Copy each recording into recsink's storage when ``recording_available`` names it.
     pull: bool = False
 

@@ -4,8 +4,13 @@ pulls from a real moto S3 server and a real local HTTP server."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import http.client
 import http.server
+import json
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,8 +19,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 from recsink.sources.laml import signature as laml_signature
+from recsink.sources.sinch import ReplayCache
 from recsink.sources.sinch import signature as sinch_signature
 from tests.azure_support import ACCOUNT, KEY, Azurite
 from tests.conftest import (
@@ -299,6 +307,162 @@ def test_sinch_second_destination_of_a_call_is_a_second_recording(
     records = api_get(server, "/v1/recordings?call_id=c3")["recordings"]
     assert sorted((r["status"], r["storage_url"]) for r in records) == [
         ("completed", "s3://b/c3-a.mp3"), ("completed", "s3://b/c3-b.mp3")]
+
+
+# -- callback bodies, timestamps, replays, repeated keys (issue 11) --------------------------
+
+CALLBACK_CAP = 64 * 1024
+
+
+@pytest.mark.parametrize("source", ["sinch", "laml"])
+def test_chunked_callback_body_is_refused_at_the_cap(
+    start_server: Callable[..., RunningServer], source: str,
+) -> None:
+    """A chunked 1 MiB callback body is refused with 413 ``too_large`` as soon as it passes
+    64 KiB: the answer comes while 959 of its 1024 chunks are still unsent."""
+    server = start_server(server={"body_idle_timeout": 5.0}, **sinch_config(S4),
+                          **laml_config(T2))
+    path, content_type = ((S4["path"], "application/json") if source == "sinch"
+                          else (T2["target"], "application/x-www-form-urlencoded"))
+    head = (f"POST {path} HTTP/1.1\r\nhost: sink.example.com\r\n"
+            f"content-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n").encode()
+    chunk = b"400\r\n" + b"a" * 1024 + b"\r\n"  # 1 KiB of body per chunk
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head + chunk * 65)  # 65 KiB of the 1 MiB body; the rest is never sent
+        response = http.client.HTTPResponse(sock, method="POST")
+        response.begin()
+        answer = json.loads(response.read())
+    assert (response.status, answer["error"]) == (413, "too_large")
+
+
+@pytest.mark.parametrize("source", ["sinch", "laml"])
+def test_callback_content_length_over_the_cap_is_refused_unread(
+    start_server: Callable[..., RunningServer], source: str,
+) -> None:
+    """A callback announcing a Content-Length over 64 KiB is refused with 413 before any of
+    its body is sent."""
+    server = start_server(**sinch_config(S4), **laml_config(T2))
+    path = S4["path"] if source == "sinch" else T2["target"]
+    head = (f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {1024 * 1024}\r\n\r\n").encode()
+    reply = exchange(server.port, head)
+    assert (reply.status, reply.json()["error"]) == (413, "too_large")
+
+
+def sinch_at(timestamp: datetime, body: bytes) -> bytes:
+    """S-4's application signing ``body`` at ``timestamp``."""
+    stamp = timestamp.isoformat().replace("+00:00", "Z")
+    sig = sinch_signature(S4["secret"], "POST", body, S4["content_type"], stamp, S4["path"])
+    return sinch_request({**S4, "body": body, "timestamp": stamp,
+                          "authorization": f"application {S4['key']}:{sig}"})
+
+
+def test_sinch_timestamp_in_the_future_is_refused(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """An ``x-timestamp`` more than ``sinch.timestamp_future`` (60 s) ahead of now is
+    refused with 401 ``bad_signature`` saying so, even inside ``timestamp_window``; 20 s
+    ahead (a clock running a little fast) is accepted."""
+    server = start_server(**sinch_config(S4, timestamp_window=900.0))
+    body = S5["body"]
+    now = datetime.now(UTC)
+    ahead = exchange(server.port, sinch_at(now + timedelta(seconds=120), body))
+    assert (ahead.status, ahead.json()["error"]) == (401, "bad_signature")
+    assert "in the future" in ahead.json()["detail"]
+    assert exchange(server.port, sinch_at(now + timedelta(seconds=20), body)).status == 200
+
+
+def test_sinch_replay_is_answered_without_effect(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """A signed callback sent again inside the window is answered 200, logged
+    ``sinch.replayed`` and not applied again; the same event signed anew is applied."""
+    server = start_server(**sinch_config(S4, timestamp_window=900.0))
+    now = datetime.now(UTC)
+    finished = sinch_at(now, S5["body"])
+    available = sinch_at(now, S4["body"])
+    for request in (finished, available, finished, available):
+        assert exchange(server.port, request).status == 200
+    assert exchange(server.port, sinch_at(now - timedelta(seconds=1), S5["body"])).status == 200
+    replays = server.events("sinch.replayed")
+    assert len(replays) == 2
+    assert [len(server.events(f"sinch.{kind}")) for kind in (
+        "recording_finished", "recording_available")] == [2, 1]
+    [record] = api_get(server, "/v1/recordings?call_id=33dd8e62-0ac6-4e0c-a89f-36d121f861f9")[
+        "recordings"]
+    assert record["status"] == "completed"
+
+
+def test_sinch_replay_cache_is_bounded() -> None:
+    """The replay cache forgets a signature ``ttl`` seconds after it was first seen, and
+    holds at most ``size`` of them (the oldest go first)."""
+    clock = [0.0]
+    cache = ReplayCache(ttl=10.0, size=3, clock=lambda: clock[0])
+    assert [cache.claim(t) for t in (b"a", b"a", b"b", b"c")] == [True, False, True, True]
+    assert cache.claim(b"d")  # full: "a" goes
+    assert (cache.claim(b"a"), cache.claim(b"c")) == (True, False)
+    clock[0] = 10.0
+    assert cache.claim(b"c")
+
+
+def signalwire_in_order(key: str, url: str, params: list[tuple[str, str]]) -> str:
+    """A signature over the values of a repeated key in the order sent, not de-duplicated
+    (SignalWire's SDK validator; twilio-python sorts and de-duplicates them)."""
+    data = url + "".join(k + v for k, v in sorted(params, key=lambda kv: kv[0]))
+    return base64.b64encode(hmac.new(key.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+REPEATED_FORMS = [
+    [("a", "1"), ("a", "2"), ("b", "3")],
+    [("a", "2"), ("a", "1"), ("b", "3")],
+    [("b", "3"), ("a", "1"), ("a", "1")],
+    [("a", "x"), ("a", ""), ("a", "x"), ("RecordingSid", "R")],
+]
+
+
+def test_signalwire_repeated_keys_match_twilio_validator(
+    start_server: Callable[..., RunningServer],
+) -> None:
+    """Forms with a repeated key (``a=2&a=1&b=3``, ``a=1&a=1``, …) are accepted exactly when
+    twilio-python's ``RequestValidator`` accepts the signature: its own (values sorted and
+    de-duplicated) yes, one over the values in the order sent only where that is the same."""
+    server = start_server(**laml_config(T2))
+    url = T2["base"] + T2["target"]
+    validator = RequestValidator(T2["key"])
+    verdicts = []
+    for form in REPEATED_FORMS:
+        for sig in (validator.compute_signature(url, MultiDict(form)),
+                    signalwire_in_order(T2["key"], url, form)):
+            accepted = validator.validate(url, MultiDict(form), sig)
+            reply = exchange(server.port, laml_request({**T2, "params": form}, sig))
+            assert reply.status == (200 if accepted else 401), (form, sig)
+            verdicts.append(accepted)
+    assert verdicts.count(False) == 3  # the in-order signatures of forms 2, 3 and 4
+
+
+@pytest.mark.parametrize("base", ["https://sink.example.com", "https://sink.example.com:8443",
+                                  "http://sink.example.com"])
+def test_signalwire_ports_match_twilio_validator(
+    start_server: Callable[..., RunningServer], base: str,
+) -> None:
+    """A signature over the public URL with its port, without it, with the default port or
+    with another port is accepted exactly when twilio-python's ``RequestValidator`` accepts
+    it (it tries the URL without its port, and with its port or the default one)."""
+    server = start_server(**laml_config({**T2, "base": base}))
+    url = base + T2["target"]
+    validator = RequestValidator(T2["key"])
+    form = MultiDict(T2["params"])
+    host = base.rsplit(":", 1)[0] if base.count(":") == 2 else base
+    verdicts = []
+    for signed_url in (url, host + T2["target"], f"{host}:443{T2['target']}",
+                       f"{host}:80{T2['target']}", f"{host}:8443{T2['target']}",
+                       f"{host}:9443{T2['target']}"):
+        sig = validator.compute_signature(signed_url, form)
+        accepted = validator.validate(url, form, sig)
+        reply = exchange(server.port, laml_request(T2, sig))
+        assert reply.status == (200 if accepted else 401), signed_url
+        verdicts.append(accepted)
+    assert verdicts.count(True) == 3  # the URL as called is one of the other two
 
 
 # -- media pulls ----------------------------------------------------------------------------

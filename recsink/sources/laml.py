@@ -6,8 +6,13 @@ form-encoded POST or GET query (specs/callbacks.md §B.2), signed in ``X-SignalW
 
     Base64(HMAC-SHA1(SigningKey, public URL + concat(key + value for keys sorted)))
 
-The public URL is ``laml.public_base_url`` + the path and query as sent; like the reference
-validators, the URL is also tried with the default port added or removed. Statuses map onto
+exactly as twilio-python's ``RequestValidator`` checks it (``twilio/request_validator.py``,
+the reference in tests/test_callbacks.py): keys sorted, and a repeated key's values sorted
+and de-duplicated (``a=2&a=1&a=1`` signs as ``a1a2``). The public URL is
+``laml.public_base_url`` + the path and query as sent, tried like the validator does without
+its port and with it (the scheme's default port added when it has none). The form is
+``application/x-www-form-urlencoded`` (what SignalWire and Twilio send), at most 64 KiB in
+any framing. Statuses map onto
 the catalog's: ``in-progress`` → ``recording``, ``completed`` → ``completed`` (or, with
 ``laml.pull``, a pull of ``RecordingUrl.wav|.mp3`` that completes it), ``absent`` →
 ``discarded`` (too short or silent), ``failed`` → ``failed``. Dedupe is by ``RecordingSid``.
@@ -19,15 +24,15 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlparse
 
 from aiohttp import web
 
 from recsink import logs, state
-from recsink.bodies import guarded
+from recsink.bodies import read_capped
 from recsink.catalog import Recording, Status, new_id, utcnow, whole_number
 from recsink.config import LamlSettings
-from recsink.errors import Malformed, TooLarge, Unauthorized
+from recsink.errors import Malformed, Unauthorized
 
 SOURCE = "laml"
 SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
@@ -39,27 +44,34 @@ MAX_FORM_BYTES = 64 * 1024
 
 def signature(signing_key: str, url: str, params: Iterable[tuple[str, str]]) -> str:
     """The Base64 HMAC-SHA1 signature of a callback to ``url`` with form ``params``
-    (specs/callbacks.md §B.3, "Scheme B")."""
-    data = url + "".join(k + v for k, v in sorted(params, key=lambda kv: kv[0]))
+    (specs/callbacks.md §B.3, "Scheme B"), as twilio-python's
+    ``RequestValidator.compute_signature`` makes it: ``url``, then for each key in sorted
+    order, key + value for each of its values, sorted and de-duplicated."""
+    values: dict[str, set[str]] = {}
+    for key, value in params:
+        values.setdefault(key, set()).add(value)
+    data = url + "".join(key + value for key in sorted(values) for value in sorted(values[key]))
     digest = hmac.new(signing_key.encode(), data.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
 
 
 def url_variants(url: str) -> list[str]:
-    """``url`` as given, and with the scheme's default port added or removed: SignalWire
-    and Twilio sign either form (the validators' "port quirk")."""
-    parts = urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
-    host = parts.hostname or ""
-    if default is None:
+    """The URLs a signature may cover, as twilio-python's ``RequestValidator.validate`` tries
+    them ("sig generation on back end is inconsistent"): ``url`` without its port, and with
+    its port (the scheme's default, 443 for https and 80 otherwise, added when it has none).
+    Both are re-assembled by :func:`urllib.parse.urlparse` like the validator's (an empty
+    ``?`` is dropped)."""
+    parts = urlparse(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a port number: no variant to try
         return [url]
-    if parts.port is None:
-        other = parts._replace(netloc=f"{parts.netloc}:{default}")
-    elif parts.port == default:
-        other = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] or host)
+    if port:
+        without, with_port = parts._replace(netloc=parts.netloc.rpartition(":")[0]), parts
     else:
-        return [url]
-    return [url, urlunsplit(other)]
+        default = 443 if parts.scheme == "https" else 80
+        without, with_port = parts, parts._replace(netloc=f"{parts.netloc}:{default}")
+    return [without.geturl(), with_port.geturl()]
 
 
 class LamlVerifier:
@@ -91,14 +103,10 @@ async def callback(request: web.Request) -> web.Response:
     request[state.CALLBACK_SOURCE] = SOURCE
     settings = request.app[state.SETTINGS].laml
     if request.method == "POST":
-        if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
-            raise TooLarge("too_large", f"a callback is at most {MAX_FORM_BYTES} bytes")
-        idle = request.app[state.SETTINGS].server.body_idle_timeout
-        try:
-            form = await guarded(request.post(), idle)
-        except (ValueError, LookupError, AssertionError) as exc:  # UnicodeDecodeError too
-            raise Malformed("bad_form", f"the callback body is not a form: {exc}") from None
-        params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+        body = await read_capped(request, MAX_FORM_BYTES,
+                                 request.app[state.SETTINGS].server.body_idle_timeout,
+                                 "a callback")
+        params = _form(request, body)
     else:
         params = []
     if settings.verify_signatures:
@@ -126,6 +134,25 @@ async def callback(request: web.Request) -> web.Response:
     logs.get_logger().info("laml.recording_status", id=record.id, status=str(record.status),
                            recording_status=raw_status, pull=record.pull_state)
     return web.Response(status=200)
+
+
+def _form(request: web.Request, body: bytes) -> list[tuple[str, str]]:
+    """The callback's form fields in the order sent, repeated keys kept (as aiohttp's
+    ``post()`` parses ``application/x-www-form-urlencoded``, blank values kept; none for an
+    empty body). Raises 400 ``bad_form`` for a body of another Content-Type (multipart
+    included: neither SignalWire nor Twilio sends it) or one that does not decode in its
+    charset."""
+    if not body:
+        return []
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise Malformed("bad_form", "the callback body is not a form "
+                                    "(application/x-www-form-urlencoded)")
+    charset = request.charset or "utf-8"
+    try:
+        return parse_qsl(body.rstrip().decode(charset), keep_blank_values=True,
+                         encoding=charset)
+    except (ValueError, LookupError) as exc:  # UnicodeDecodeError too
+        raise Malformed("bad_form", f"the callback body is not a form: {exc}") from None
 
 
 #: Largest count believed from a callback (a year, in seconds). Larger ones, which SQLite's

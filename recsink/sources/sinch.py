@@ -12,6 +12,14 @@ moves it to ``completed`` with its ``destination`` (``s3://``, ``gs://``, ``azur
 ``https://`` in the customer's own storage), or, with ``sinch.pull``, queues the copy into
 recsink's storage and completes it when the copy is stored. Every answer is 200 with an empty
 body (never SVAML); Sinch does not retry, and the work runs after the answer.
+
+An ``x-timestamp`` older than ``sinch.timestamp_window`` seconds, or more than
+``sinch.timestamp_future`` seconds ahead of now, is refused (401). A signature seen before
+while it is still acceptable (a replay) is answered 200 without effect and logged
+(``sinch.replayed``): each instance remembers the signatures it accepted (bounded, see
+:class:`ReplayCache`). In a fleet a replay sent to another instance is applied again, which
+changes nothing: every transition is idempotent in the shared catalog (keyed by call id and
+destination, see :func:`recording_key`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,15 +38,17 @@ from aiohttp import hdrs, web
 
 from recsink import logs, state
 from recsink.auth import parse_authorization
-from recsink.bodies import guarded
+from recsink.bodies import read_capped
 from recsink.catalog import Recording, Status, new_id, utcnow
 from recsink.config import SinchApplication, SinchSettings
-from recsink.errors import Malformed, TooLarge, Unauthorized
+from recsink.errors import Malformed, Unauthorized
 
 SOURCE = "sinch"
 #: Largest notify event accepted, bytes.
 MAX_EVENT_BYTES = 64 * 1024
 SCHEMES = frozenset({"application", "service"})
+#: Signatures an instance remembers at most (about 150 bytes each) to spot replays.
+REPLAY_CACHE_ENTRIES = 65536
 
 
 def content_md5(body: bytes) -> str:
@@ -56,18 +68,57 @@ def signature(secret: str, method: str, body: bytes, content_type: str, timestam
     return base64.b64encode(digest).decode()
 
 
+class ReplayCache:
+    """The signatures accepted lately, to answer a replay without effect.
+
+    Bounded in memory: at most ``size`` entries, each forgotten ``ttl`` seconds after it was
+    remembered (the longest a signature stays acceptable) or, when the cache is full, oldest
+    first. A replay the cache forgot is applied again, which changes nothing (the catalog's
+    transitions are idempotent). Entries are kept in insertion order, which with one ``ttl``
+    is also their expiry order.
+    """
+
+    def __init__(self, ttl: float, size: int = REPLAY_CACHE_ENTRIES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._expiry: OrderedDict[bytes, float] = OrderedDict()
+
+    def claim(self, token: bytes) -> bool:
+        """Remember ``token``; False if it was already remembered (a replay)."""
+        now = self._clock()
+        while self._expiry and next(iter(self._expiry.values())) <= now:
+            self._expiry.popitem(last=False)
+        if token in self._expiry:
+            return False
+        while len(self._expiry) >= self.size:
+            self._expiry.popitem(last=False)
+        self._expiry[token] = now + self.ttl
+        return True
+
+    def forget(self, token: bytes) -> None:
+        """Forget ``token`` (its request failed: the same request may be tried again)."""
+        self._expiry.pop(token, None)
+
+
 class SinchVerifier:
-    """Checks the ``Authorization`` signature of Sinch callbacks against ``[sinch]``."""
+    """Checks the ``Authorization`` signature of Sinch callbacks against ``[sinch]``, and
+    remembers the signatures it accepted (:attr:`replays`)."""
 
     def __init__(self, settings: SinchSettings) -> None:
         self.settings = settings
         self._applications: dict[str, SinchApplication] = {
             a.key: a for a in settings.applications}
+        self.replays = ReplayCache(settings.timestamp_window + settings.timestamp_future)
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
-               now: datetime | None = None) -> str:
-        """Return the application key that signed the request. Raises 401 ``bad_signature``
-        naming what was wrong (never a secret)."""
+               now: datetime | None = None) -> bytes:
+        """Check the request's signature; return its replay token (a digest of the key and
+        the signature) for :attr:`replays`. Raises 401 ``bad_signature`` naming what was
+        wrong (never a secret): a missing or malformed header, an unknown key, an
+        ``x-timestamp`` that is not ISO 8601, older than ``timestamp_window`` or more than
+        ``timestamp_future`` seconds ahead, or a signature that does not match."""
         scheme, credentials = parse_authorization(headers.get(hdrs.AUTHORIZATION))
         key, _, given = credentials.partition(":")
         if scheme not in SCHEMES or not key or not given:
@@ -82,15 +133,18 @@ class SinchVerifier:
             raise _refused("missing or malformed x-timestamp") from None
         if sent.tzinfo is None:
             sent = sent.replace(tzinfo=UTC)
-        skew = abs(((now or datetime.now(UTC)) - sent).total_seconds())
-        if skew > self.settings.timestamp_window:
-            raise _refused(f"x-timestamp is {skew:.0f} s away from now "
+        age = ((now or datetime.now(UTC)) - sent).total_seconds()
+        if age > self.settings.timestamp_window:
+            raise _refused(f"x-timestamp is {age:.0f} s old "
                            f"(sinch.timestamp_window = {self.settings.timestamp_window:g})")
+        if -age > self.settings.timestamp_future:
+            raise _refused(f"x-timestamp is {-age:.0f} s in the future "
+                           f"(sinch.timestamp_future = {self.settings.timestamp_future:g})")
         expected = signature(application.secret.get_secret_value(), method, body,
                              headers.get(hdrs.CONTENT_TYPE, ""), timestamp, path)
         if not hmac.compare_digest(given.encode(), expected.encode()):
             raise _refused("signature does not match")
-        return key
+        return hashlib.sha256(f"{key}:{expected}".encode()).digest()[:16]
 
 
 def _refused(detail: str) -> Unauthorized:
@@ -106,17 +160,32 @@ def recording_key(call_id: str, destination: str | None = None) -> str:
 
 
 async def callback(request: web.Request) -> web.Response:
-    """``POST`` of a Sinch notify event: verify, apply, answer 200 with an empty body."""
+    """``POST`` of a Sinch notify event: verify, apply, answer 200 with an empty body; a
+    replayed signature is answered 200 without effect (logged ``sinch.replayed``)."""
     request[state.CALLBACK_SOURCE] = SOURCE
     settings = request.app[state.SETTINGS].sinch
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise TooLarge("too_large", f"a notify event is at most {MAX_EVENT_BYTES} bytes")
-    # Small and capped, read whole: the signature covers the raw bytes.
-    body = await guarded(request.read(), request.app[state.SETTINGS].server.body_idle_timeout)
+    # Small and capped in every framing; read whole: the signature covers the raw bytes.
+    body = await read_capped(request, MAX_EVENT_BYTES,
+                             request.app[state.SETTINGS].server.body_idle_timeout,
+                             "a notify event")
+    if not settings.verify_signatures:
+        return await _handle(request, body)
+    verifier = request.app[state.SINCH]
+    token = verifier.verify(request.method, request.rel_url.raw_path, request.headers, body)
+    if not verifier.replays.claim(token):
+        logs.get_logger().warning("sinch.replayed", source=SOURCE,
+                                  x_timestamp=request.headers.get("x-timestamp"))
+        return web.Response(status=200)
+    try:
+        return await _handle(request, body)
+    except BaseException:
+        verifier.replays.forget(token)  # not applied: the same request may come again
+        raise
+
+
+async def _handle(request: web.Request, body: bytes) -> web.Response:
+    """Apply a verified notify event's body."""
     log = logs.get_logger()
-    if settings.verify_signatures:
-        request.app[state.SINCH].verify(request.method, request.rel_url.raw_path,
-                                        request.headers, body)
     try:
         event = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
