@@ -5,6 +5,9 @@ never write a file. Properties: tests/hostile/support.py."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +15,8 @@ from urllib.parse import urlencode
 
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import MultiDict
+from twilio.request_validator import RequestValidator
 
 from recsink.sources.laml import signature as laml_signature
 from tests.hostile import strategies as hs
@@ -290,3 +295,34 @@ def test_signalwire_broken_form_bodies(hostile: Hostile, body: bytes, content_ty
                                              content_type=content_type))
     assert answer.status in (400, 401, 413), str(answer)
 
+
+
+#: Keys and values of forms with repeated keys (the first sorts before "a"; "é" after "z").
+FORM_KEYS = st.sampled_from(["a", "b", "A", "RecordingSid", "é", "a b"])
+FORM_VALUES = st.sampled_from(["", "1", "2", "10", "x y", "é", "+1", "a&b"])
+
+
+@given(form=st.lists(st.tuples(FORM_KEYS, FORM_VALUES), max_size=6),
+       signer=st.sampled_from(["twilio", "in_order"]),
+       port=st.sampled_from(["", ":443", ":80", ":8443"]))
+def test_signalwire_signatures_match_twilio_validator(hostile: Hostile,
+                                                      form: list[tuple[str, str]],
+                                                      signer: str, port: str) -> None:
+    """A SignalWire callback (repeated keys, any order, the URL signed with or without a
+    port) is accepted exactly when twilio-python's ``RequestValidator`` accepts it."""
+    validator = RequestValidator(LAML_KEY)
+    url = LAML_BASE + LAML_PATH
+    signed_url = LAML_BASE + port + LAML_PATH
+    if signer == "twilio":
+        signature = validator.compute_signature(signed_url, MultiDict(form))
+    else:  # the values in the order sent (SignalWire's SDK): differs where a key repeats
+        signature = laml_signature_in_order(signed_url, form)
+    accepted = validator.validate(url, MultiDict(form), signature)
+    [answer] = hostile.exchange(laml_request(LAML_PATH, urlencode(form).encode(), signature))
+    assert answer.status == (200 if accepted else 401), str(answer)
+
+
+def laml_signature_in_order(url: str, form: list[tuple[str, str]]) -> str:
+    data = url + "".join(k + v for k, v in sorted(form, key=lambda kv: kv[0]))
+    digest = hmac.new(LAML_KEY.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
