@@ -12,7 +12,7 @@ from aiohttp import hdrs, web
 from recsink import state
 from recsink.auth import bearer_matches
 from recsink.catalog import Status
-from recsink.errors import Malformed, NotFound, Unauthorized
+from recsink.errors import Forbidden, Malformed, NotFound, Unauthorized
 from recsink.metrics import CONTENT_TYPE_LATEST
 from recsink.storage import StorageError
 
@@ -31,7 +31,11 @@ def _authorize(request: web.Request) -> None:
         if not bearer_matches(authorization, tokens):
             raise Unauthorized("unauthorized", "missing or wrong API token")
         return
-    auth.check(request.remote, authorization, [], request.query)
+    if auth.check(request.remote, authorization, [], request.query).accounts is not None:
+        # The API lists and describes every account's recordings.
+        raise Forbidden("account_not_allowed",
+                        "a credential bound to accounts cannot use the recording API; "
+                        "configure api.tokens for it")
 
 
 async def list_recordings(request: web.Request) -> web.Response:

@@ -174,6 +174,10 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
     except Exception as exc:
         _log_error(request, internal_error(), 500, started, exc_info=exc)
         response = error_response(internal_error(), 500)
+    if not response.prepared and request.writer.output_size > 0:
+        # The handler's own answer is partly sent (a GET probe whose storage failed
+        # mid-body): a second one would land inside its body. aiohttp closes the connection.
+        raise ConnectionResetError("the response is already partly sent")
     response.headers[REQUEST_ID_HEADER] = request_id
     return response
 

@@ -5,6 +5,11 @@ holds: ``http://user:pass@host/…`` becomes HTTP Basic, or a secret token sits 
 (``/kazoo/<token>/…``) or the query (``?token=…``). A bearer token is accepted too, for other
 senders. Every comparison is constant-time, and every configured credential is compared on
 every request, so timing tells nothing about which one nearly matched.
+
+A credential may be bound to Kazoo accounts (``accounts = [...]`` on an ``auth.basic`` entry,
+or a ``{ token, accounts }`` table among ``auth.url_tokens`` / ``auth.bearer_tokens``): the
+request is then admitted with those accounts (:class:`Admission`), and the Kazoo routes
+refuse (403 ``account_not_allowed``) recordings of any other account.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import base64
 import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from recsink.config import AuthSettings
+from recsink.config import AuthSettings, BoundToken
 from recsink.errors import Forbidden, Unauthorized
 
 
@@ -27,6 +33,50 @@ def matches_any(given: str, expected: Sequence[str]) -> bool:
     for candidate in expected:
         found |= _equal(given, candidate)
     return found
+
+
+def _match(given: str, tokens: Sequence[tuple[str, frozenset[str] | None]]
+           ) -> tuple[bool, frozenset[str] | None]:
+    """Whether ``given`` is one of ``tokens`` (constant-time, all compared), and the
+    accounts the matching one is bound to."""
+    found, accounts = False, None
+    for token, bound in tokens:
+        if _equal(given, token):
+            found, accounts = True, bound
+    return found, accounts
+
+
+def _tokens(entries: Sequence[BoundToken]) -> list[tuple[str, frozenset[str] | None]]:
+    return [(t.token.get_secret_value(), frozenset(t.accounts) or None) for t in entries]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request :meth:`UploadAuth.check` let in: its path segments (a leading URL token
+    removed) and the Kazoo account ids its credential is bound to (None: any account)."""
+
+    segments: list[str]
+    accounts: frozenset[str] | None = None
+
+    def allows(self, account_id: str | None) -> bool:
+        """True when the credential may touch recordings of ``account_id`` (an unbound
+        credential: any, even None; a bound one: only its own accounts, compared
+        case-insensitively)."""
+        if self.accounts is None:
+            return True
+        return account_id is not None and account_id.lower() in self.accounts
+
+    def require(self, account_id: str | None) -> None:
+        """Raise 403 ``account_not_allowed`` unless :meth:`allows` ``account_id``."""
+        if self.allows(account_id):
+            return
+        if account_id is None:
+            raise Forbidden("account_not_allowed",
+                            "this credential is bound to accounts, and the request names "
+                            "none (send the account id in the path, the query or the "
+                            "JSON metadata)")
+        raise Forbidden("account_not_allowed",
+                        f"this credential may not touch recordings of account {account_id}")
 
 
 def parse_authorization(authorization: str | None) -> tuple[str, str]:
@@ -47,9 +97,10 @@ class UploadAuth:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
         self._networks = list(settings.allow_networks)
-        self._basic = [(c.username, c.password.get_secret_value()) for c in settings.basic]
-        self._bearer = [t.get_secret_value() for t in settings.bearer_tokens]
-        self._url_tokens = [t.get_secret_value() for t in settings.url_tokens]
+        self._basic = [(c.username, c.password.get_secret_value(),
+                        frozenset(c.accounts) or None) for c in settings.basic]
+        self._bearer = _tokens(settings.bearer)
+        self._url_tokens = _tokens(settings.url)
 
     def check(
         self,
@@ -57,8 +108,9 @@ class UploadAuth:
         authorization: str | None,
         segments: list[str],
         query: Mapping[str, str],
-    ) -> list[str]:
-        """Admit or refuse a request; return ``segments`` without a leading URL token.
+    ) -> Admission:
+        """Admit or refuse a request; the :class:`Admission` holds ``segments`` without a
+        leading URL token and the accounts the matching credential is bound to.
 
         ``remote``: the peer address; ``authorization``: the Authorization header;
         ``segments``: decoded path segments after the route prefix; ``query``: decoded query.
@@ -67,11 +119,14 @@ class UploadAuth:
         """
         self.check_network(remote)
         if not self.settings.has_credentials:
-            return segments
-        if self._url_tokens and segments and matches_any(segments[0], self._url_tokens):
-            return segments[1:]
-        if self.check_credentials(authorization, query):
-            return segments
+            return Admission(segments)
+        if self._url_tokens and segments:
+            found, accounts = _match(segments[0], self._url_tokens)
+            if found:
+                return Admission(segments[1:], accounts)
+        found, accounts = self.match_credentials(authorization, query)
+        if found:
+            return Admission(segments, accounts)
         raise self.refusal()
 
     def check_network(self, remote: str | None) -> None:
@@ -86,22 +141,27 @@ class UploadAuth:
             raise Forbidden("address_not_allowed",
                                f"client address {remote} is not in auth.allow_networks")
 
-    def check_credentials(self, authorization: str | None, query: Mapping[str, str]) -> bool:
-        """True when the Authorization header or the query token matches a credential."""
+    def match_credentials(self, authorization: str | None, query: Mapping[str, str]
+                          ) -> tuple[bool, frozenset[str] | None]:
+        """Whether the Authorization header or the query token matches a credential, and
+        the accounts that credential is bound to (None: any)."""
         scheme, value = parse_authorization(authorization)
         if scheme == "basic" and self._basic:
             try:
                 user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
             except ValueError:  # not base64 (binascii.Error; non-ASCII text), or not UTF-8
-                return False
-            ok = False
-            for name, secret in self._basic:
-                ok |= _equal(user, name) & _equal(password, secret) & bool(sep)
-            return ok
+                return False, None
+            found, accounts = False, None
+            for name, secret, bound in self._basic:
+                if _equal(user, name) & _equal(password, secret) & bool(sep):
+                    found, accounts = True, bound
+            return found, accounts
         if scheme == "bearer" and self._bearer:
-            return matches_any(value, self._bearer)
+            return _match(value, self._bearer)
         token = query.get(self.settings.query_token_param)
-        return bool(self._url_tokens) and token is not None and matches_any(token, self._url_tokens)
+        if not self._url_tokens or token is None:
+            return False, None
+        return _match(token, self._url_tokens)
 
     def refusal(self) -> Unauthorized:
         return Unauthorized("unauthorized", "missing or wrong credentials",

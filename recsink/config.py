@@ -297,11 +297,28 @@ class IngestSettings(_Section):
     min_duration_ms: int = Field(0, ge=0)
 
 
+_ACCOUNT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _account_ids(accounts: list[str]) -> list[str]:
+    """Kazoo account ids (32 hex digits), lower-cased."""
+    ids = [a.lower() for a in accounts]
+    for account in ids:
+        if not _ACCOUNT_ID.fullmatch(account):
+            raise ValueError(f"{account!r} is not a Kazoo account id (32 hex digits)")
+    return ids
+
+
 class BasicCredential(_Section):
     """One HTTP Basic user; Kazoo sends it from ``http://user:pass@host/…``."""
 
     username: str = Field(min_length=1)
     password: SecretStr
+    #: Kazoo account ids (32 hex digits) this user may upload and read recordings of;
+    #: empty: every account (and uploads that name none).
+    accounts: list[str] = []
+
+    _accounts = field_validator("accounts")(_account_ids)
 
     @field_validator("username")
     @classmethod
@@ -311,15 +328,41 @@ class BasicCredential(_Section):
         return username
 
 
+class BoundToken(_Section):
+    """A token bound to accounts: ``{ token = "…", accounts = ["<account id>", …] }``."""
+
+    token: SecretStr
+    #: Kazoo account ids (32 hex digits) the token may upload and read recordings of;
+    #: empty: every account.
+    accounts: list[str] = []
+
+    _accounts = field_validator("accounts")(_account_ids)
+
+    @field_validator("token")
+    @classmethod
+    def _not_empty(cls, token: SecretStr) -> SecretStr:
+        if not token.get_secret_value():
+            raise ValueError("must not be empty")
+        return token
+
+
+def _bound(tokens: list[SecretStr | BoundToken]) -> list[BoundToken]:
+    return [t if isinstance(t, BoundToken) else BoundToken(token=t) for t in tokens]
+
+
 class AuthSettings(_Section):
     """``[auth]``: who may upload (and fetch back) recordings on the Kazoo routes."""
 
     basic: list[BasicCredential] = []
-    #: Accepted ``Authorization: Bearer <token>`` values.
-    bearer_tokens: list[SecretStr] = []
+    #: Accepted ``Authorization: Bearer <token>`` values: plain strings, or tables
+    #: ``{ token = "…", accounts = [...] }`` bound to accounts (:class:`BoundToken`).
+    bearer_tokens: list[SecretStr | BoundToken] = []
     #: Secret tokens accepted as the first path segment after the route prefix
-    #: (``/kazoo/<token>/…``) or as the query parameter named by ``query_token_param``.
-    url_tokens: list[SecretStr] = []
+    #: (``/kazoo/<token>/…``) or as the query parameter named by ``query_token_param``:
+    #: plain strings, or tables ``{ token = "…", accounts = [...] }`` (:class:`BoundToken`).
+    #: A credential bound to accounts uploads and reads only those accounts' recordings
+    #: (403 ``account_not_allowed`` otherwise, and for uploads that name no account).
+    url_tokens: list[SecretStr | BoundToken] = []
     query_token_param: str = Field("token", min_length=1)
     #: Client networks (CIDR) allowed to connect; empty allows every address.
     allow_networks: list[IPvAnyNetwork] = []
@@ -330,6 +373,16 @@ class AuthSettings(_Section):
     @property
     def has_credentials(self) -> bool:
         return bool(self.basic or self.bearer_tokens or self.url_tokens)
+
+    @property
+    def bearer(self) -> list[BoundToken]:
+        """``bearer_tokens``, every entry as a :class:`BoundToken` (unbound: no accounts)."""
+        return _bound(self.bearer_tokens)
+
+    @property
+    def url(self) -> list[BoundToken]:
+        """``url_tokens``, every entry as a :class:`BoundToken` (unbound: no accounts)."""
+        return _bound(self.url_tokens)
 
 
 def _route(path: str) -> str:
@@ -544,7 +597,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
         values = [c.password for c in self.auth.basic]
-        values += self.auth.bearer_tokens + self.auth.url_tokens + self.api.tokens
+        values += [t.token for t in self.auth.bearer + self.auth.url] + self.api.tokens
         secrets = [s.get_secret_value() for s in values if s.get_secret_value()]
         for credentials in [self.storage.s3.credentials,
                             *(b.credentials for b in self.fetch.buckets)]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from recsink.auth import UploadAuth
+from recsink.auth import Admission, UploadAuth
 from recsink.catalog import Catalog
 from recsink.config import Settings
 from recsink.errors import Unavailable
@@ -95,3 +95,5 @@ GATE = web.AppKey("gate", UploadGate)
 UPLOAD_SOURCE = web.RequestKey("upload_source", str)
 #: The platform a status callback comes from, set by its handler (for error logs).
 CALLBACK_SOURCE = web.RequestKey("callback_source", str)
+#: Who a Kazoo request was admitted as (its credential's accounts), set by its handler.
+ADMISSION = web.RequestKey("admission", Admission)

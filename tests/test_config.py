@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import tomli_w
+from pydantic import ValidationError
 
 from recsink.config import (
+    AuthSettings,
     ConfigError,
     Settings,
     dsn_password,
@@ -22,6 +24,7 @@ from recsink.config import (
     load_settings,
     mask_dsn,
 )
+from tests.conftest import ACCOUNT
 
 MASK = "**********"
 PASSWORD = "pa55-w0rd-Zq9"
@@ -276,17 +279,17 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     path = write_toml(tmp_path, {
         "server": {"port": 9000},
         "auth": {"basic": [{"username": "kazoo", "password": PASSWORD}],
-                 "url_tokens": [URL_TOKEN]},
+                 "url_tokens": [URL_TOKEN, {"token": "b0und-t0ken-Zx9", "accounts": [ACCOUNT]}]},
     })
     result = run_cli("check-config", "--config", str(path),
                      env={"RECSINK_API__TOKENS": '["api-t0ken-Qw3"]'})
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["server"]["port"] == 9000
-    assert printed["auth"]["basic"] == [{"username": "kazoo", "password": MASK}]
-    assert printed["auth"]["url_tokens"] == [MASK]
+    assert printed["auth"]["basic"] == [{"username": "kazoo", "password": MASK, "accounts": []}]
+    assert printed["auth"]["url_tokens"] == [MASK, {"token": MASK, "accounts": [ACCOUNT]}]
     assert printed["api"]["tokens"] == [MASK]
-    for secret in (PASSWORD, URL_TOKEN, "api-t0ken-Qw3"):
+    for secret in (PASSWORD, URL_TOKEN, "api-t0ken-Qw3", "b0und-t0ken-Zx9"):
         assert secret not in result.stdout
         assert secret not in result.stderr
 
@@ -392,3 +395,29 @@ def load_settings_from(data: dict[str, Any]) -> Settings:
         path = Path(tmp) / "c.toml"
         path.write_text(tomli_w.dumps(data))
         return load_settings(path)
+
+
+def test_credentials_bound_to_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auth.basic`` entries take ``accounts``; ``auth.url_tokens`` and
+    ``auth.bearer_tokens`` take ``{token, accounts}`` tables beside plain strings, from TOML
+    and from the environment's JSON; account ids are lower-cased, secrets all redacted."""
+    monkeypatch.setenv("RECSINK_AUTH__URL_TOKENS", json.dumps(
+        ["plain-url", {"token": "bound-url", "accounts": [ACCOUNT.upper()]}]))
+    settings = Settings(auth={
+        "basic": [{"username": "a", "password": "pw-a", "accounts": [ACCOUNT]},
+                  {"username": "b", "password": "pw-b"}],
+        "bearer_tokens": [{"token": "bound-bearer", "accounts": [ACCOUNT]}, "plain-bearer"]})
+    assert [c.accounts for c in settings.auth.basic] == [[ACCOUNT], []]
+    assert [(t.token.get_secret_value(), t.accounts) for t in settings.auth.url] == [
+        ("plain-url", []), ("bound-url", [ACCOUNT])]
+    assert [(t.token.get_secret_value(), t.accounts) for t in settings.auth.bearer] == [
+        ("bound-bearer", [ACCOUNT]), ("plain-bearer", [])]
+    assert {"pw-a", "pw-b", "plain-url", "bound-url", "bound-bearer",
+            "plain-bearer"} <= set(settings.secrets())
+
+
+@pytest.mark.parametrize("accounts", [["not-hex"], [ACCOUNT[:-1]], [ACCOUNT + "0"]])
+def test_bound_accounts_must_be_kazoo_ids(accounts: list[str]) -> None:
+    """An account a credential is bound to must be a 32-hex Kazoo account id."""
+    with pytest.raises(ValidationError, match="32 hex"):
+        AuthSettings(url_tokens=[{"token": "t", "accounts": accounts}])

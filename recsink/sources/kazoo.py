@@ -10,7 +10,9 @@ at a time (a ``%2F`` inside a Call-ID stays inside its segment, §8.4):
   (``?token=…&recording=<name>``, §2.1.1), with the metadata query of §2.1.2;
 * **path B** (storage plan, ``kz_att_http``, §2.2):
   ``…/<account_id>/[<owner_id>/]<recording_id>/<media_name>``, raw or ``multipart/form-data``
-  with the JSON metadata part first (§4.2); its GET probe may repeat the segments (§5.5);
+  with the JSON metadata part first (§4.2); its GET probe may repeat the segments (§5.5).
+  These segments win over a path-A-like media name (``call_recording_<id>.mp3`` as
+  ``media_name``) unless the query carries path A's metadata;
 * **path C** (``record_caller``, FreeSWITCH curl, §2.3): ``…/<call_id>.<ext>``.
 """
 
@@ -35,6 +37,7 @@ from recsink.catalog import Recording
 from recsink.errors import Malformed, NotFound, RecsinkError, TooLarge
 from recsink.ingest import Intake, decode_content_md5
 from recsink.responses import error_response
+from recsink.storage import StorageUnavailable
 
 SOURCE = "kazoo"
 _T = TypeVar("_T")
@@ -51,6 +54,13 @@ _PROBE_NAME = re.compile(r"[0-9a-fA-F]{32}_test_credentials_file\.txt")
 _SERVE_BLOCK = 1024 * 1024
 #: Largest JSON metadata part accepted, bytes.
 MAX_METADATA_BYTES = 1024 * 1024
+#: Parts a multipart upload may send before its media part (Kazoo sends one: the JSON
+#: metadata, §4.2); more are refused with 400 ``bad_multipart`` (thousands of empty parts
+#: would cost seconds of event-loop time).
+MAX_PARTS_BEFORE_MEDIA = 16
+#: Query keys only path A sends (§2.1.2): with one of them, a path-A file name in the last
+#: segment is path A even below path-B-shaped segments.
+_PATH_A_QUERY = frozenset({"account_id", "call_id", "recording_id"})
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,9 @@ def split_target(
 def parse_target(segments: list[str], query: Mapping[str, str]) -> Target:
     """Tell paths A, B and C apart (module docstring). Raises 400 ``unrecognized_path``."""
     last = segments[-1] if segments else ""
+    path_b = len(segments) >= 3 and bool(_HEX32.fullmatch(segments[-3]))
+    if path_b and not _PATH_A_QUERY & query.keys():
+        return _path_b(segments)
     for candidate in (last, *query.values()):
         if m := _PATH_A_NAME.fullmatch(candidate):
             return Target(
@@ -102,19 +115,24 @@ def parse_target(segments: list[str], query: Mapping[str, str]) -> Target:
                 recording_id=query.get("recording_id") or None,
                 account_id=query.get("account_id") or None,
                 owner_id=query.get("owner_id") or None)
-    if len(segments) >= 3 and _HEX32.fullmatch(segments[-3]):
-        owner = None
-        account = segments[-3]
-        if len(segments) >= 4 and _HEX32.fullmatch(segments[-4]):
-            account, owner = segments[-4], segments[-3]
-        return Target("B", last, recording_id=segments[-2], account_id=account.lower(),
-                      owner_id=owner.lower() if owner else None)
+    if path_b:
+        return _path_b(segments)
     if m := _PATH_C_NAME.fullmatch(last):
         return Target("C", last, call_id=m["call_id"])
     raise Malformed(
         "unrecognized_path",
         "expected call_recording_<call_id>.<ext>, <account>/[<owner>/]<recording_id>/<name> "
         "or <call_id>.<ext> (specs/kazoo.md §2)")
+
+
+def _path_b(segments: list[str]) -> Target:
+    """``…/<account_id>/[<owner_id>/]<recording_id>/<media_name>`` (§2.2)."""
+    owner = None
+    account = segments[-3]
+    if len(segments) >= 4 and _HEX32.fullmatch(segments[-4]):
+        account, owner = segments[-4], segments[-3]
+    return Target("B", segments[-1], recording_id=segments[-2], account_id=account.lower(),
+                  owner_id=owner.lower() if owner else None)
 
 
 def gregorian_to_utc(value: Any) -> datetime | None:
@@ -186,9 +204,10 @@ async def _read_target(request: web.Request) -> tuple[Target, dict[str, str]]:
     """Authorize the request and parse its target (shared by uploads and GET probes)."""
     settings = request.app[state.SETTINGS]
     segments, query = split_target(request.raw_path, settings.kazoo.prefixes)
-    segments = request.app[state.AUTH].check(
+    admission = request.app[state.AUTH].check(
         request.remote, request.headers.get(hdrs.AUTHORIZATION), segments, query)
-    target = parse_target(segments, query)
+    request[state.ADMISSION] = admission
+    target = parse_target(admission.segments, query)
     query.pop(settings.auth.query_token_param, None)  # a secret: never stored or logged
     logs.bind_request(source=SOURCE, call_id=target.call_id,
                       recording_id=target.recording_id or query.get("recording_id"))
@@ -219,7 +238,11 @@ async def _upload(request: web.Request) -> web.Response:
                         content_length=request.content_length, content_md5=md5,
                         **_intake_fields(target, query if target.shape == "A" else {}))
     logs.bind_request(call_id=intake.call_id, recording_id=intake.recording_id)
+    # The account is known now (a multipart body's JSON part is read, its media part not).
+    admission = request[state.ADMISSION]
+    admission.require(intake.account_id)
     outcome = await ingestor.ingest(intake)
+    admission.require(outcome.record.account_id)  # an existing record of the same key
     return web.json_response(outcome.record.resource(), status=201 if outcome.created else 200)
 
 
@@ -248,7 +271,7 @@ async def _read_multipart(request: web.Request,
             "without a boundary, which no parser can split: upgrade Kazoo or turn off "
             "send_multipart") from None
     meta: dict[str, Any] = {}
-    while True:
+    for _ in range(MAX_PARTS_BEFORE_MEDIA + 1):
         part = await _multipart_step(reader.next(), idle_timeout)
         if part is None:
             raise Malformed("bad_multipart", "the multipart body has no media part")
@@ -258,6 +281,9 @@ async def _read_multipart(request: web.Request,
             meta = await _read_json_part(part, idle_timeout)
             continue
         return meta, part
+    raise Malformed("bad_multipart",
+                    f"more than {MAX_PARTS_BEFORE_MEDIA} parts before the media part (Kazoo "
+                    "sends the JSON metadata part, then the media part)")
 
 
 async def _read_json_part(part: BodyPartReader, idle_timeout: float) -> dict[str, Any]:
@@ -288,27 +314,80 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     specs/kazoo.md §5.5). The doubled-segment probe path of Kazoo ≥ 4.3.106 resolves like
     the upload path because shapes are read from the last segments. Always the whole
     object: ``Range`` and conditional headers are ignored (Kazoo sends none; aiohttp's
-    FileResponse would answer them with bodiless 416/412 errors)."""
+    FileResponse would answer them with bodiless 416/412 errors).
+
+    Answers only a completed recording whose name, account (when the path or query gives
+    one) and call id (paths A and C) are the path's, else 404 ``not_found``; a credential
+    bound to accounts gets 403 ``account_not_allowed`` for other accounts' paths. The
+    object is opened (and its first block read) before the status line, so a storage
+    failure is a JSON 503; a failure once the body is under way (storage gone, the object
+    shorter or longer than the catalog's ``byte_size``) raises
+    :class:`~recsink.storage.StorageUnavailable` after headers went out, and the error
+    middleware then closes the connection instead of answering twice.
+    """
     target, query = await _read_target(request)
+    request[state.ADMISSION].require(target.account_id)
     record = await _find(request, target, query)
-    if record is None or record.storage_key is None:
+    if record is None or record.storage_key is None or not _names(record, target):
         raise NotFound("not_found", "no stored recording at this path")
+    key, size = record.storage_key, record.byte_size or 0
     response = web.StreamResponse(
         headers={hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"})
-    response.content_length = record.byte_size
+    response.content_length = size
     async with contextlib.aclosing(
-            request.app[state.STORAGE].read(record.storage_key, _SERVE_BLOCK)) as blocks:
-        # Open the object before the status line goes out: a failure is still an answer.
-        first = await anext(blocks, b"") if request.method != "HEAD" else b""
-        logs.get_logger().info("recording.served", id=record.id, bytes=record.byte_size,
-                               method=request.method)
+            request.app[state.STORAGE].read(key, _SERVE_BLOCK)) as blocks:
+        # Open the object before the status line goes out (a HEAD too): a failure is still
+        # an answer. Read ahead up to a block, so a small object of the wrong size is too.
+        ahead: list[bytes] = []
+        held = 0
+        while held < min(size + 1, _SERVE_BLOCK):
+            if (block := await anext(blocks, None)) is None:
+                if held != size:
+                    raise _size_mismatch(key, held, size)
+                break
+            ahead.append(block)
+            held += len(block)
+        if held > size:
+            raise _size_mismatch(key, held, size)
         await response.prepare(request)
-        if first:
-            await response.write(first)
-            async for block in blocks:
+        if request.method == "HEAD":
+            return response
+        sent = 0
+        try:
+            for block in ahead:
                 await response.write(block)
+                sent += len(block)
+            async for block in blocks:
+                if sent + len(block) > size:
+                    raise _size_mismatch(key, sent + len(block), size)
+                await response.write(block)
+                sent += len(block)
+            if sent != size:
+                raise _size_mismatch(key, sent, size)
+        except RecsinkError as exc:
+            raise StorageUnavailable(
+                f"serving {key} broke off after {sent} of {size} bytes ({exc.detail}); the "
+                "connection is closed") from exc
     await response.write_eof()
+    logs.get_logger().info("recording.served", id=record.id, bytes=size,
+                           method=request.method)
     return response
+
+
+def _size_mismatch(key: str, found: int, size: int) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"the stored object {key} holds {'at least ' if found > size else ''}{found} bytes, "
+        f"the catalog says {size}")
+
+
+def _names(record: Recording, target: Target) -> bool:
+    """True when ``record`` is the one the request path names: the same file name, and the
+    same account and call id wherever the path (or path A's query) gives them."""
+    if record.name != target.name:
+        return False
+    if target.account_id and (record.account_id or "").lower() != target.account_id.lower():
+        return False
+    return not (target.call_id and record.call_id != target.call_id)
 
 
 async def _find(request: web.Request, target: Target, query: Mapping[str, str]) -> Recording | None:
@@ -344,3 +423,11 @@ def add_routes(app: web.Application, prefixes: Sequence[str]) -> None:
         resource.add_route("POST", upload, expect_handler=expect)
         resource.add_route("GET", fetch)
         resource.add_route("HEAD", fetch)
+    app.on_response_prepare.append(_no_sniffing)
+
+
+async def _no_sniffing(request: web.Request, response: web.StreamResponse) -> None:
+    """Probe answers (the recording's bytes, or a JSON error) carry
+    ``X-Content-Type-Options: nosniff``: a browser must not render stored bytes as a page."""
+    if request.match_info.handler is fetch:
+        response.headers[hdrs.X_CONTENT_TYPE_OPTIONS] = "nosniff"
