@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiofiles
+from aiohttp import ClientPayloadError
 
 from recsink import logs
 from recsink.config import S3Settings
@@ -492,6 +493,8 @@ class S3Storage:
             async with response["Body"] as body:
                 while block := await body.read(chunk_size):
                     yield block
+        except ClientPayloadError as exc:  # the object's body broke off (S3 went away)
+            raise StorageUnavailable(f"S3 GetObject {key}: {exc}") from exc
         except S3_ERRORS as exc:
             if is_missing(exc):
                 raise StorageUnavailable(
