@@ -15,7 +15,6 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from recsink.sources.kazoo import MAX_PARTS_BEFORE_MEDIA
 from tests.conftest import (
     ACCOUNT,
     RunningServer,
@@ -29,6 +28,8 @@ from tests.hostile.support import Answer, converse
 from tests.s3support import TcpProxy
 
 MIB = 1024 * 1024
+#: More parts than recsink.sources.kazoo.MAX_PARTS_BEFORE_MEDIA (16) allows.
+MANY_PARTS = 17
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
 
 
@@ -147,13 +148,13 @@ def test_nosniff_on_probe_answers(start_server: Callable[..., RunningServer]) ->
 def test_many_parts_before_the_media_part_are_refused(
     start_server: Callable[..., RunningServer],
 ) -> None:
-    """A multipart upload with more than MAX_PARTS_BEFORE_MEDIA parts before its media part
-    (empty JSON ones here) answers 400 ``bad_multipart``, keeping nothing."""
+    """A multipart upload with more than 16 parts before its media part (empty JSON ones
+    here) answers 400 ``bad_multipart``, keeping nothing."""
     server = start_server()
     boundary = "b0undary"
     empty = (f"--{boundary}\r\ncontent-type: application/json\r\n\r\n{{}}\r\n").encode()
     media = (f"--{boundary}\r\ncontent-type: audio/wav\r\n\r\n").encode() + make_wav(0.1)
-    body = empty * (MAX_PARTS_BEFORE_MEDIA + 1) + media + f"\r\n--{boundary}--\r\n".encode()
+    body = empty * MANY_PARTS + media + f"\r\n--{boundary}--\r\n".encode()
     target = f"/kazoo/{ACCOUNT}/r-parts/parts.wav"
     reply = exchange(server.port, kazoo_put(
         target, len(body), content_type=f"multipart/form-data; boundary={boundary}") + body)
