@@ -218,6 +218,22 @@ def test_path_b_with_folder_prefix(owner: bool) -> None:
                                  account_id=ACCOUNT, owner_id=OWNER if owner else None)
 
 
+@pytest.mark.parametrize("owner", [True, False], ids=["owner", "no-owner"])
+def test_path_b_media_named_like_path_a(owner: bool) -> None:
+    """A path-B upload whose media name is ``call_recording_<id>.<ext>`` under
+    ``<account>/[<owner>/]<recording_id>/`` is path B with the path's ids."""
+    middle = f"{OWNER}/" if owner else ""
+    assert target(f"/kazoo/{ACCOUNT}/{middle}{RECORDING_ID}/{FILE}") == Target(
+        "B", DECODED_FILE, recording_id=RECORDING_ID, account_id=ACCOUNT,
+        owner_id=OWNER if owner else None)
+
+
+def test_path_a_with_its_query_below_hex_segments_stays_path_a() -> None:
+    """A path-A name in the last segment with path A's metadata query stays path A even
+    when the configured url's segments look like path B's."""
+    assert target(f"/kazoo/{ACCOUNT}/folder/{FILE}?{QUERY}") == PATH_A
+
+
 def test_path_b_hex_ids_are_lowercased() -> None:
     """Upper-case hex account and owner ids are stored lower-case."""
     raw = f"/kazoo/{ACCOUNT.upper()}/{OWNER.upper()}/{RECORDING_ID}/{MEDIA_NAME}"
