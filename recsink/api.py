@@ -22,7 +22,8 @@ OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _authorize(request: web.Request) -> None:
-    """``api.tokens`` as bearer tokens when configured, else the upload credentials."""
+    """``api.tokens`` as bearer tokens when configured, else the upload credentials (not
+    those bound to accounts: 403 ``account_not_allowed``)."""
     tokens = [t.get_secret_value() for t in request.app[state.SETTINGS].api.tokens]
     authorization = request.headers.get(hdrs.AUTHORIZATION)
     auth = request.app[state.AUTH]
