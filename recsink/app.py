@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import aiojobs
 from aiohttp import web
 
@@ -111,13 +110,12 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.info("storage.ready", backend=settings.storage.backend, **where,
                  staging_swept=swept, catalog=catalog.describe(),
                  recovered_completed=completed, recovered_failed=failed)
-        http = await stack.enter_async_context(aiohttp.ClientSession())
         clients = await stack.enter_async_context(contextlib.AsyncExitStack())
         # Pulls and shipping: cancelled at exit (what they hold is settled by whoever next
         # takes it); their clean-ups go to ``cleanups``.
         workers = aiojobs.Scheduler(limit=None, close_timeout=5.0)
         stack.push_async_callback(workers.close)
-        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, http, clients, workers)
+        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, clients, workers)
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(fetcher.run()))
         if settings.storage.backend == "s3":
             shipping = asyncio.create_task(Shipper(s3, commits, metrics, workers).run())

@@ -39,6 +39,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from recsink.egress import parse_rule
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -528,8 +530,31 @@ class FetchSettings(_Section):
     #: Seconds to connect, and seconds a download may stay silent.
     connect_timeout: float = Field(10.0, gt=0)
     idle_timeout: float = Field(60.0, gt=0)
+    #: Seconds one attempt may take in all (connecting, redirects, the download), however
+    #: steadily bytes arrive; past it the attempt fails (``pull_deadline``), keeps nothing
+    #: and is retried like any other.
+    deadline: float = Field(1800.0, gt=0)
+    #: Where pulls may go (:mod:`recsink.egress`): host names (``media.example.com``,
+    #: ``*.example.com``), ``host:port``, IP networks or addresses (``10.0.0.0/8``,
+    #: ``127.0.0.1/32``), ``s3://bucket``, ``gs://bucket``, ``azure://account/container``.
+    #: Empty: any public address, no private one. Set: only what it lists; a private address
+    #: only when a listed network covers it; buckets of ``buckets`` stay allowed.
+    allow: list[str] = []
     buckets: list[FetchBucket] = []
     azure: list[FetchAzure] = []
+
+    @field_validator("allow")
+    @classmethod
+    def _allow(cls, entries: list[str]) -> list[str]:
+        problems = []
+        for entry in entries:
+            try:
+                parse_rule(entry)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return entries
 
 
 class ApiSettings(_Section):

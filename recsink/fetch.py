@@ -14,29 +14,45 @@ crashed instance's pulls are claimed again when their leases expire.
 
 Locations: ``https://`` and ``http://`` (a plain GET; SignalWire media needs no
 authentication, specs/callbacks.md §B.5), ``s3://`` and ``gs://`` (``[[fetch.buckets]]``
-credentials, else the AWS chain), ``azure://<account>/<container>/<blob>`` (``[[fetch.azure]]``
-credentials, azure-storage-blob). Locations may hold secrets (SignalWire's media URLs open
-without authentication), so logs show only their scheme and host.
+credentials, or the AWS chain for a bucket ``fetch.allow`` lists),
+``azure://<account>/<container>/<blob>`` (``[[fetch.azure]]`` credentials,
+azure-storage-blob). Where a pull may go is :mod:`recsink.egress`'s policy: every HTTP hop
+(redirects are followed here, at most :data:`MAX_REDIRECTS`) is checked before it is
+requested, and the addresses a name resolves to are checked by the connector's resolver, so
+the address checked is the address connected to. A refused location fails the pull at once
+(``pull_refused``, logged as ``pull.refused``), without retries.
+
+Every attempt ends within ``fetch.deadline`` seconds of its start, however steadily a source
+trickles bytes (``pull_deadline``; nothing partial is kept, and it is retried like any other
+failure). Locations may hold secrets (SignalWire's media URLs open without authentication),
+so logs and the reasons kept on the record (shown by ``/v1/recordings``) show only their
+scheme and host, and never bytes of what a source answered.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import ipaddress
+import socket
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import aiojobs
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from recsink import logs
 from recsink.bodies import ChunksBody, RawBody
 from recsink.catalog import Status, utcnow
 from recsink.commit import Commits, Held
 from recsink.config import FetchAzure, FetchBucket, FetchSettings, S3Settings
-from recsink.errors import RecsinkError
+from recsink.egress import Egress, Refused
+from recsink.errors import NotAudio, RecsinkError
 from recsink.ingest import Body, Ingestor, Intake
 from recsink.jobs import Worker
 from recsink.metrics import Metrics
@@ -49,14 +65,26 @@ if TYPE_CHECKING:
 
 #: Seconds between looks at the catalog when no pull is due and nobody woke the fetcher.
 IDLE = 1.0
+#: Redirects followed for one HTTP pull (SignalWire's media URLs redirect once).
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+_T = TypeVar("_T")
 
 
 class PullError(RecsinkError):
     """The media could not be opened where the platform said it is; kept on the record as
-    the attempt's reason (``pull_source: …``)."""
+    the attempt's reason (``pull_source: …``, ``pull_refused: …``, ``pull_deadline: …``).
+    ``final``: trying again cannot help (the location is refused), so the pull fails now."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("pull_source", detail)
+    def __init__(self, detail: str, code: str = "pull_source", *, final: bool = False) -> None:
+        super().__init__(code, detail)
+        self.final = final
+
+
+def refused(exc: Refused) -> PullError:
+    """The final :class:`PullError` for a location the egress policy refuses."""
+    return PullError(str(exc), "pull_refused", final=True)
 
 
 @dataclass
@@ -67,10 +95,67 @@ class Media:
     size: int | None
 
 
-def where(url: str) -> str:
+def where(url: str | URL) -> str:
     """What a log line may show of a location: its scheme and host."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}"
+    try:
+        parts = urlsplit(str(url))
+        return f"{parts.scheme}://{parts.hostname or ''}"
+    except ValueError:  # a malformed netloc (an unclosed "[")
+        return "(a malformed location)"
+
+
+class CheckedResolver(AbstractResolver):
+    """aiohttp's default resolver, keeping only the addresses the egress policy allows for
+    the host and port asked about (aiohttp connects to what this returns, so the address
+    checked is the address used). Raises :class:`~recsink.egress.Refused` when none is."""
+
+    def __init__(self, egress: Egress) -> None:
+        self._egress = egress
+        self._resolver = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        allowed: list[ResolveResult] = []
+        refusal: Refused | None = None
+        for result in found:
+            try:
+                self._egress.check_address(host, port, ipaddress.ip_address(result["host"]))
+            except (Refused, ValueError) as exc:
+                refusal = exc if isinstance(exc, Refused) else Refused(
+                    f"{host} resolves to something that is not an address")
+            else:
+                allowed.append(result)
+        if not allowed:
+            raise refusal or Refused(f"{host} resolves to no address")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class _Bounded:
+    """A body whose reads end at the pull's deadline (:func:`before`)."""
+
+    def __init__(self, body: Body, deadline: float, limit: float) -> None:
+        self._body, self._deadline, self._limit = body, deadline, limit
+
+    async def read(self, n: int) -> bytes:
+        return await before(self._deadline, self._limit, self._body.read(n))
+
+
+async def before(deadline: float, limit: float, step: Awaitable[_T]) -> _T:
+    """``await step``, unless the event loop's clock reaches ``deadline`` first: then
+    :class:`PullError` ``pull_deadline`` (``limit`` is ``fetch.deadline``, for the text)."""
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await step
+    except TimeoutError:
+        if timeout.expired():
+            raise PullError(f"not done within fetch.deadline ({limit:g} s)",
+                            "pull_deadline") from None
+        raise
 
 
 class Fetcher:
@@ -78,14 +163,14 @@ class Fetcher:
     pull queue (:meth:`run` is its loop, :meth:`wake` nudges it)."""
 
     def __init__(self, settings: FetchSettings, ingestor: Ingestor, commits: Commits,
-                 metrics: Metrics, http: aiohttp.ClientSession, stack: AsyncExitStack,
-                 scheduler: aiojobs.Scheduler) -> None:
+                 metrics: Metrics, stack: AsyncExitStack, scheduler: aiojobs.Scheduler) -> None:
         self.settings = settings
         self.ingestor = ingestor
         self.commits = commits
         self.catalog = commits.catalog
         self.metrics = metrics
-        self._http = http
+        self.egress = Egress(settings.allow)
+        self._http: aiohttp.ClientSession | None = None  # made by the first HTTP pull
         self._stack = stack
         self._s3: dict[str, S3Client] = {}
         self.worker = Worker("pull", self._claim, self._pull_once, scheduler,
@@ -135,22 +220,29 @@ class Fetcher:
                 interaction_id=record.interaction_id, account_id=record.account_id,
                 from_uri=record.from_uri, to_uri=record.to_uri, started_at=record.started_at,
                 duration_ms=record.duration_ms,
-                name=record.name or urlsplit(record.pull_url).path.rpartition("/")[2] or None,
-                content_length=media.size)
-            outcome = await self.ingestor.ingest(intake)
+                name=record.name or _name(record.pull_url), content_length=media.size)
+            try:
+                outcome = await self.ingestor.ingest(intake)
+            except NotAudio as exc:  # its detail quotes the first bytes: not for a source's
+                raise NotAudio(exc.code, "the media is not a recording in an accepted format "
+                               "(read from its bytes)", **exc.fields) from None
         return outcome.created
 
     async def _retry_later(self, held: Held, exc: Exception) -> None:
         record = held.record
         attempts = record.pull_attempts + 1
-        reason = exc.reason() if isinstance(exc, RecsinkError) else str(exc) or type(exc).__name__
+        # Only recsink's own words reach the record (and the API): an exception's text may
+        # quote the location (its query string) or what the source answered.
+        reason = exc.reason() if isinstance(exc, RecsinkError) else type(exc).__name__
+        final = isinstance(exc, PullError) and exc.final
         values: dict[str, Any]
-        if attempts >= self.settings.max_attempts:
+        if final or attempts >= self.settings.max_attempts:
             values = dict(status=Status.FAILED, pull_state="failed", pull_attempts=attempts,
                           pull_error=reason, error=f"pull failed: {reason}", next_pull_at=None)
-            self._log.error("pull.failed", id=record.id, source=record.source,
-                            attempts=attempts, reason=reason,
-                            location=where(record.pull_url or ""))
+            event, log = ("pull.refused", self._log.warning) if final else (
+                "pull.failed", self._log.error)
+            log(event, id=record.id, source=record.source, attempts=attempts, reason=reason,
+                location=where(record.pull_url or ""))
         else:
             delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (attempts - 1))
             values = dict(status=Status.UPLOADING, pull_attempts=attempts, pull_error=reason,
@@ -167,41 +259,96 @@ class Fetcher:
 
     @asynccontextmanager
     async def open(self, url: str) -> AsyncIterator[Media]:
-        """Open the media at ``url`` for streaming. Raises :class:`PullError`."""
+        """Open the media at ``url`` for streaming; its body's reads, like the opening, end
+        ``fetch.deadline`` seconds from now. Raises :class:`PullError`."""
+        limit = self.settings.deadline
+        deadline = asyncio.get_running_loop().time() + limit
         scheme = urlsplit(url).scheme
         if scheme in ("http", "https"):
-            opener = self._open_http(url)
+            opener = self._open_http(url, deadline)
         elif scheme in ("s3", "gs"):
-            opener = self._open_bucket(url)
+            opener = self._open_bucket(url, deadline)
         elif scheme == "azure":
-            opener = self._open_azure(url)
+            opener = self._open_azure(url, deadline)
         else:
-            raise PullError(f"unsupported location scheme {scheme!r}")
+            raise PullError(f"unsupported location scheme {scheme!r}", final=True)
         async with opener as media:
-            yield media
+            yield Media(_Bounded(media.body, deadline, limit), media.size)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            connector = aiohttp.TCPConnector(resolver=CheckedResolver(self.egress))
+            self._http = aiohttp.ClientSession(connector=connector)
+            self._stack.push_async_callback(self._http.close)
+        return self._http
 
     @asynccontextmanager
-    async def _open_http(self, url: str) -> AsyncIterator[Media]:
+    async def _open_http(self, url: str, deadline: float) -> AsyncIterator[Media]:
         timeout = aiohttp.ClientTimeout(sock_connect=self.settings.connect_timeout,
                                         sock_read=self.settings.idle_timeout)
         try:
-            response = await self._http.get(url, timeout=timeout)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise PullError(f"cannot reach {where(url)}: {exc or type(exc).__name__}") from exc
-        async with response:
-            if response.status != 200:
-                raise PullError(f"HTTP {response.status} from {where(url)}")
-            yield Media(RawBody(response.content, self.settings.idle_timeout),
-                        response.content_length)
+            target = URL(url)
+        except ValueError:
+            raise PullError(f"not a valid location: {where(url)}", final=True) from None
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_hop(target)
+            try:
+                response = await before(
+                    deadline, self.settings.deadline,
+                    self._session().get(target, timeout=timeout, allow_redirects=False))
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, Refused):
+                    raise refused(exc.os_error) from None
+                raise PullError(f"cannot reach {where(target)}: "
+                                f"{exc.strerror or type(exc.os_error).__name__}") from exc
+            except TimeoutError as exc:
+                raise PullError(f"no answer from {where(target)} in time") from exc
+            except aiohttp.ClientError as exc:
+                raise PullError(f"cannot reach {where(target)}: {type(exc).__name__}") from exc
+            async with response:
+                if response.status in _REDIRECTS:
+                    target = self._redirect(target, response)
+                    continue
+                if response.status != 200:  # and nothing of its body, which is the source's
+                    raise PullError(f"HTTP {response.status} from {where(target)}")
+                yield Media(RawBody(response.content, self.settings.idle_timeout),
+                            response.content_length)
+                return
+        raise PullError(f"more than {MAX_REDIRECTS} redirects from {where(url)}", final=True)
 
-    def _bucket(self, url: str) -> FetchBucket:
-        """The ``[[fetch.buckets]]`` entry with the longest prefix of ``url`` (or a default
-        entry for the AWS chain)."""
+    def _check_hop(self, target: URL) -> None:
+        """Raise the final :class:`PullError` unless ``target`` may be requested."""
+        try:
+            if target.scheme not in ("http", "https") or not target.raw_host:
+                raise Refused(f"not an http(s) location: {where(target)}")
+            assert target.port is not None  # yarl gives http(s) URLs their default port
+            self.egress.check_host(target.raw_host, target.port)
+        except Refused as exc:
+            raise refused(exc) from None
+
+    @staticmethod
+    def _redirect(target: URL, response: aiohttp.ClientResponse) -> URL:
+        location = response.headers.get("Location")
+        if not location:
+            raise PullError(f"HTTP {response.status} without a Location from {where(target)}")
+        try:
+            return target.join(URL(location))
+        except ValueError:
+            raise PullError(f"a redirect from {where(target)} to a malformed location",
+                            final=True) from None
+
+    def _bucket(self, url: str, scheme: str, bucket: str) -> FetchBucket:
+        """The ``[[fetch.buckets]]`` entry with the longest prefix of ``url``, or one for
+        the AWS chain when ``fetch.allow`` lists the bucket. Raises the final
+        :class:`PullError` for any other bucket."""
         matches = [b for b in self.settings.buckets
                    if url == b.url or url.startswith(b.url.rstrip("/") + "/")]
         if matches:
             return max(matches, key=lambda b: len(b.url))
-        return FetchBucket(url=url)
+        if self.egress.allows_bucket(scheme, bucket):
+            return FetchBucket(url=f"{scheme}://{bucket}")
+        raise refused(Refused(f"{scheme}://{bucket} is in neither fetch.buckets nor "
+                              "fetch.allow"))
 
     async def _client(self, bucket: FetchBucket) -> S3Client:
         from recsink.storage.s3client import open_client
@@ -213,37 +360,55 @@ class Fetcher:
         return self._s3[bucket.url]
 
     @asynccontextmanager
-    async def _open_bucket(self, url: str) -> AsyncIterator[Media]:
+    async def _open_bucket(self, url: str, deadline: float) -> AsyncIterator[Media]:
+        from botocore.exceptions import ClientError
+
         from recsink.storage.s3client import S3_ERRORS, Destination
 
         location = Destination.parse(url)
-        client = await self._client(self._bucket(url))
+        if not location.bucket:
+            raise PullError(f"not an object location: {where(url)}", final=True)
+        client = await self._client(self._bucket(url, location.scheme, location.bucket))
         try:
-            response = await client.get_object(Bucket=location.bucket, Key=location.prefix)
-        except S3_ERRORS as exc:
-            raise PullError(f"cannot read {where(url)}: {exc}") from exc
+            response = await before(deadline, self.settings.deadline, client.get_object(
+                Bucket=location.bucket, Key=location.prefix))
+        except S3_ERRORS as exc:  # the store's error code, not its message
+            code = exc.response.get("Error", {}).get("Code") if isinstance(
+                exc, ClientError) else None
+            raise PullError(f"cannot read {where(url)}: {code or type(exc).__name__}") from exc
         async with response["Body"] as stream:
             yield Media(RawBody(stream, self.settings.idle_timeout),
                         response.get("ContentLength"))
 
     @asynccontextmanager
-    async def _open_azure(self, url: str) -> AsyncIterator[Media]:
-        from azure.core.exceptions import AzureError
+    async def _open_azure(self, url: str, deadline: float) -> AsyncIterator[Media]:
+        from azure.core.exceptions import AzureError, HttpResponseError
 
         account, _, rest = url.removeprefix("azure://").partition("/")
         container, _, blob = rest.partition("/")
         settings = next((a for a in self.settings.azure if a.account == account), None)
-        if settings is None or not container or not blob:
-            raise PullError(f"no [[fetch.azure]] credentials for account {account!r}"
-                            if settings is None else f"not a blob location: {where(url)}")
+        if settings is None:
+            raise refused(Refused(f"no [[fetch.azure]] credentials for account {account!r}"))
+        if not container or not blob:
+            raise PullError(f"not a blob location: azure://{account}", final=True)
+        if not self.egress.allows_container(account, container):
+            raise refused(Refused(f"azure://{account}/{container} is not in fetch.allow"))
         client = _azure_client(settings, container, blob)
         async with client:
             try:
-                downloader = await client.download_blob()
-            except AzureError as exc:
-                raise PullError(f"cannot read azure://{account}: {exc}") from exc
+                downloader = await before(deadline, self.settings.deadline,
+                                          client.download_blob())
+            except AzureError as exc:  # the store's error code, not its message
+                status = exc.status_code if isinstance(exc, HttpResponseError) else None
+                raise PullError(f"cannot read azure://{account}: {type(exc).__name__}"
+                                + (f" (HTTP {status})" if status else "")) from exc
             yield Media(ChunksBody(downloader.chunks(), self.settings.idle_timeout),
                         downloader.size)
+
+
+def _name(url: str) -> str | None:
+    """The file name a location ends with, if any."""
+    return urlsplit(url).path.rpartition("/")[2] or None
 
 
 def _azure_client(settings: FetchAzure, container: str, blob: str) -> BlobClient:

@@ -9,19 +9,23 @@ import hashlib
 import hmac
 import http.client
 import http.server
+import ipaddress
 import json
 import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from recsink.config import ConfigError, load_settings
+from recsink.egress import is_public
 from recsink.sources.laml import signature as laml_signature
 from recsink.sources.sinch import ReplayCache
 from recsink.sources.sinch import signature as sinch_signature
@@ -513,38 +517,57 @@ def test_sinch_pull_from_azure(
     start_server: Callable[..., RunningServer], azurite: Azurite,
 ) -> None:
     """An ``azure://<account>/<container>/<blob>`` destination is pulled with the configured
-    account key (and, for another account, refused for lack of credentials)."""
+    account key; another account is refused for lack of credentials, and another container
+    of the account when ``fetch.allow`` lists the account's containers."""
     from azure.storage.blob import BlobServiceClient
 
     wav = make_wav(2.0)
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
     container = service.create_container(f"rec-{uuid.uuid4().hex[:8]}")
     container.upload_blob("calls/a.wav", wav)
+    other = service.create_container(f"other-{uuid.uuid4().hex[:8]}")
+    other.upload_blob("calls/a.wav", wav)
     server = start_server(
         sinch={"pull": True, "applications": [{"key": S4["key"], "secret": S4["secret"]}]},
         fetch={"backoff": 0.1, "max_attempts": 2,
+               "allow": [f"azure://{ACCOUNT}/{container.container_name}"],
                "azure": [{"account": ACCOUNT, "account_key": KEY,
                           "endpoint_url": azurite.endpoint}]})
-    for call, account in (("az", ACCOUNT), ("az-unknown", "someoneelse")):
+    for call, location in (("az", f"{ACCOUNT}/{container.container_name}"),
+                           ("az-unknown", f"someoneelse/{container.container_name}"),
+                           ("az-other", f"{ACCOUNT}/{other.container_name}")):
         body = (f'{{"event":"notify","callid":"{call}","version":1,'
                 f'"type":"recording_available","destination":'
-                f'"azure://{account}/{container.container_name}/calls/a.wav"}}').encode()
+                f'"azure://{location}/calls/a.wav"}}').encode()
         assert exchange(server.port, signed_sinch(body)).status == 200
     done = wait_for(lambda: (r := api_get(server, "/v1/recordings?call_id=az")["recordings"][0])[
         "status"] == "completed" and r)
     assert done["sha256"] == hashlib.sha256(wav).hexdigest()
+    for call, reason in (("az-unknown", "no [[fetch.azure]] credentials"),
+                         ("az-other", "is not in fetch.allow")):
+        failed = wait_for(lambda c=call: (r := api_get(server, f"/v1/recordings?call_id={c}")[
+            "recordings"][0])["status"] == "failed" and r)
+        assert failed["pull"]["error"].startswith("pull_refused: ")
+        assert reason in failed["error"]
     assert [p.read_bytes() for p in stored_files(server.root)] == [wav]
-    failed = wait_for(lambda: (r := api_get(server, "/v1/recordings?call_id=az-unknown")[
-        "recordings"][0])["status"] == "failed" and r)
-    assert "no [[fetch.azure]] credentials" in failed["error"]
+
+
+#: ``fetch.allow`` for pulls from the local media servers below (loopback is refused
+#: unless listed).
+LOOPBACK = ["127.0.0.1/32"]
 
 
 class MediaServer(http.server.ThreadingHTTPServer):
-    """A local HTTP server for RecordingUrl pulls: answers 500 ``failures`` times, then the
-    file; counts requests."""
+    """A local HTTP server for RecordingUrl pulls: answers 500 (with ``error_body``)
+    ``failures`` times, then the file; counts requests. With ``redirect`` set it answers
+    every request with a 302 to it; with ``trickle`` it sends the file, then one more byte
+    every ``trickle`` seconds until closed (a tarpit)."""
 
-    def __init__(self, body: bytes, failures: int = 0) -> None:
+    def __init__(self, body: bytes, failures: int = 0, *, error_body: bytes = b"",
+                 redirect: str | None = None, trickle: float | None = None) -> None:
         self.body, self.failures, self.requests = body, failures, 0
+        self.error_body, self.redirect, self.trickle = error_body, redirect, trickle
+        self.closing = threading.Event()
         super().__init__(("127.0.0.1", 0), _MediaHandler)
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
@@ -554,6 +577,7 @@ class MediaServer(http.server.ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
     def close(self) -> None:
+        self.closing.set()
         self.shutdown()
         self.server_close()
         self.thread.join()
@@ -564,17 +588,37 @@ class _MediaHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests += 1
-        if self.server.requests <= self.server.failures:
-            self.send_error(500)
+        if self.server.redirect is not None:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
-        if not self.path.endswith(".wav"):
+        if self.server.requests <= self.server.failures:
+            self.send_response(500)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(self.server.error_body)))
+            self.end_headers()
+            self.wfile.write(self.server.error_body)
+            return
+        if not urlsplit(self.path).path.endswith(".wav"):
             self.send_error(404)
             return
         self.send_response(200)
         self.send_header("Content-Type", "audio/wav")
-        self.send_header("Content-Length", str(len(self.server.body)))
+        more = 10**6 if self.server.trickle else 0
+        self.send_header("Content-Length", str(len(self.server.body) + more))
         self.end_headers()
         self.wfile.write(self.server.body)
+        if self.server.trickle:
+            self.wfile.flush()
+            # the tarpit's pace, not a test's synchronisation: a byte per interval until closed
+            while not self.server.closing.wait(self.server.trickle):
+                try:
+                    self.wfile.write(b"\0")
+                    self.wfile.flush()
+                except OSError:  # recsink gave up
+                    return
 
     def log_message(self, *args: Any) -> None:
         return None
@@ -584,8 +628,8 @@ class _MediaHandler(http.server.BaseHTTPRequestHandler):
 def media() -> Iterator[Callable[..., MediaServer]]:
     servers: list[MediaServer] = []
 
-    def start(body: bytes, failures: int = 0) -> MediaServer:
-        servers.append(MediaServer(body, failures))
+    def start(body: bytes, failures: int = 0, **options: Any) -> MediaServer:
+        servers.append(MediaServer(body, failures, **options))
         return servers[-1]
 
     yield start
@@ -613,7 +657,8 @@ def test_signalwire_pull_survives_server_errors(
     500s) ends with that file stored byte-identical and the record ``completed``."""
     wav = corpus_wav()
     source = media(wav, failures=3)
-    server = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    server = start_server(**laml_config(T2, pull=True),
+                          fetch={"backoff": 0.2, "allow": LOOPBACK})
     assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}")).status == 200
     record = wait_for(lambda: (r := api_get(server, f"/v1/recordings/{SID}"))["status"]
                       == "completed" and r, timeout=30)
@@ -636,7 +681,7 @@ def test_signalwire_pull_that_never_answers_fails_with_the_reason(
         stalled.stall()
         server = start_server(**laml_config(T2, pull=True),
                               fetch={"backoff": 0.1, "max_attempts": 3, "idle_timeout": 0.5,
-                                     "connect_timeout": 0.5})
+                                     "connect_timeout": 0.5, "allow": LOOPBACK})
         assert exchange(server.port, completed_callback(f"{stalled.url}/rec/{SID}")).status == 200
         record = wait_for(lambda: (r := api_get(server, f"/v1/recordings/{SID}"))["status"]
                           == "failed" and r, timeout=30)
@@ -653,12 +698,211 @@ def test_pending_pulls_survive_a_restart(
     """A pull still pending when recsink stops is picked up again after a restart."""
     wav = make_wav(1.0)
     source = media(wav, failures=10**6)  # failing for now
-    server = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    server = start_server(**laml_config(T2, pull=True),
+                          fetch={"backoff": 0.2, "allow": LOOPBACK})
     assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}")).status == 200
     wait_for(lambda: server.events("pull.retry"))
     server.stop()
     source.failures = 0
-    restarted = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.2})
+    restarted = start_server(**laml_config(T2, pull=True),
+                             fetch={"backoff": 0.2, "allow": LOOPBACK})
     wait_for(lambda: api_get(restarted, f"/v1/recordings/{SID}")["status"] == "completed",
              timeout=30)
     assert [p.read_bytes() for p in stored_files(restarted.root)] == [wav]
+
+
+# -- where pulls may go (fetch.allow, recsink/egress.py) ------------------------------------
+
+
+def pull_settled(server: RunningServer, sid: str = SID) -> dict[str, Any] | None:
+    """The record once its pull is over (completed or failed), else None."""
+    record: dict[str, Any] = api_get(server, f"/v1/recordings/{sid}")
+    return record if record.get("pull", {}).get("state") in ("done", "failed") else None
+
+
+@pytest.mark.parametrize(("host", "allow"), [
+    ("127.0.0.1", []), ("localhost", []), ("localhost", ["localhost"]),
+    ("127.0.0.1", ["10.0.0.0/8", "media.example.com"]),
+], ids=["loopback-address", "name-of-loopback", "listed-name-of-loopback", "not-listed"])
+def test_pull_to_a_private_address_is_refused_before_any_request(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+    host: str, allow: list[str],
+) -> None:
+    """A signed callback whose RecordingUrl is a loopback address, or a name resolving to
+    one (checked after DNS), is refused unless a listed network covers it: the server there
+    gets no request, the record ends ``failed`` at once with ``pull_refused`` and no
+    retries, and neither the API nor the log shows the URL's path or query."""
+    source = media(make_wav(1.0))
+    server = start_server(**laml_config(T2, pull=True), fetch={"backoff": 0.1, "allow": allow})
+    port = source.server_address[1]
+    url = f"http://{host}:{port}/rec/{SID}.wav?Signature=SeCrEtSiG"
+    assert exchange(server.port, completed_callback(url)).status == 200
+    record = wait_for(lambda: source.requests or pull_settled(server))
+    assert source.requests == 0
+    assert record["status"] == "failed"
+    assert record["pull"]["attempts"] == 1
+    assert record["pull"]["error"].startswith("pull_refused: ")
+    assert host in record["error"]
+    [refusal] = server.events("pull.refused")
+    assert refusal["location"] == f"http://{host}"
+    assert not server.events("pull.retry")
+    for text in (str(record), server.log_path.read_text()):
+        assert "SeCrEtSiG" not in text
+        assert "/rec/" not in text
+
+
+@pytest.mark.parametrize("target", [
+    "http://127.0.0.1:{port}/x.wav", "http://localhost:{port}/x.wav",
+    "http://[::ffff:127.0.0.1]:{port}/x.wav", "file:///etc/passwd",
+], ids=["other-port", "name", "ipv4-mapped", "file"])
+def test_redirect_to_a_disallowed_location_is_refused(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer], target: str,
+) -> None:
+    """A redirect from an allowed ``host:port`` to a location ``fetch.allow`` does not
+    cover is refused before it is followed: the second server gets no request."""
+    wav = make_wav(1.0)
+    inner = media(wav)
+    outer = media(b"", redirect=target.format(port=inner.server_address[1]))
+    server = start_server(**laml_config(T2, pull=True),
+                          fetch={"backoff": 0.1,
+                                 "allow": [f"127.0.0.1:{outer.server_address[1]}"]})
+    assert exchange(server.port, completed_callback(f"{outer.url}/rec/{SID}.wav")).status == 200
+    record = wait_for(lambda: inner.requests or pull_settled(server))
+    assert (inner.requests, outer.requests) == (0, 1)
+    assert record["status"] == "failed"
+    assert record["pull"]["error"].startswith("pull_refused: ")
+    assert stored_files(server.root) == []
+
+
+def test_redirect_within_the_allowed_hosts_is_followed(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+) -> None:
+    """A redirect to a location ``fetch.allow`` covers (SignalWire's media URLs redirect
+    once) is followed, and the recording is stored."""
+    wav = make_wav(1.0)
+    inner = media(wav)
+    outer = media(b"", redirect=f"{inner.url}/signed/media.wav?X-Amz-Signature=abc")
+    server = start_server(**laml_config(T2, pull=True), fetch={"allow": LOOPBACK})
+    assert exchange(server.port, completed_callback(f"{outer.url}/rec/{SID}")).status == 200
+    record = wait_for(lambda: pull_settled(server))
+    assert (record["status"], record["sha256"]) == ("completed", hashlib.sha256(wav).hexdigest())
+    assert (outer.requests, inner.requests) == (1, 1)
+
+
+MARKER = b"ZQXJ7K9W-VPLMQ4RT-XYGH2N"
+
+
+@pytest.mark.parametrize("answer", ["500", "200-not-audio"])
+def test_pull_errors_never_show_what_the_source_answered(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer], answer: str,
+) -> None:
+    """The reason a pull failed, as ``/v1/recordings/{id}`` and the log show it, gives the
+    status or a generic reason, never bytes of the source's answer (a 500's body, or the
+    start of a 200 that is not audio)."""
+    source = (media(b"", failures=10**6, error_body=MARKER) if answer == "500"
+              else media(MARKER + b" " * 64))
+    server = start_server(**laml_config(T2, pull=True),
+                          fetch={"backoff": 0.1, "max_attempts": 2, "allow": LOOPBACK})
+    assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}.wav")).status == 200
+    record = wait_for(lambda: pull_settled(server))
+    assert record["status"] == "failed"
+    expected = "HTTP 500" if answer == "500" else "unsupported_format"
+    assert expected in record["pull"]["error"]
+    shown = exchange(server.port, f"GET /v1/recordings/{SID} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    for text in (shown.body, server.log_path.read_bytes()):
+        for start in range(len(MARKER) - 3):  # no four bytes of it, in any form
+            assert MARKER[start:start + 4] not in text
+            assert repr(MARKER[start:start + 4])[2:-1].encode() not in text
+
+
+def test_pull_that_trickles_past_the_deadline_fails_and_keeps_nothing(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+) -> None:
+    """A source that keeps sending a byte every half second (well inside the idle timeout)
+    holds a pull no longer than ``fetch.deadline``: the attempt fails with
+    ``pull_deadline`` and nothing of it is kept."""
+    source = media(make_wav(1.0)[:44], trickle=0.5)  # a WAV head, then a byte at a time
+    server = start_server(**laml_config(T2, pull=True),
+                          fetch={"max_attempts": 1, "idle_timeout": 30, "deadline": 2,
+                                 "allow": LOOPBACK})
+    assert exchange(server.port, completed_callback(f"{source.url}/rec/{SID}.wav")).status == 200
+    record = wait_for(lambda: pull_settled(server), timeout=30)
+    assert record["status"] == "failed"
+    assert record["pull"]["error"].startswith("pull_deadline: ")
+    assert [p for p in server.root.rglob("*") if p.is_file()] == []
+
+
+def test_bucket_not_named_by_the_operator_is_never_read_with_recsinks_credentials(
+    start_server: Callable[..., RunningServer], media: Callable[..., MediaServer],
+    moto: MotoServer, s3: S3Client, bucket: str, tmp_path: Path,
+) -> None:
+    """An ``s3://`` destination whose bucket is neither in ``fetch.buckets`` nor in
+    ``fetch.allow`` is refused without a request to S3, although recsink holds AWS
+    credentials (the AWS chain, here pointed at a counting server); a bucket listed in
+    ``fetch.allow`` is read with them."""
+    mp3 = (FIXTURES / "01-vm-and.mp3").read_bytes()
+    s3.put_object(Bucket=bucket, Key="voice/allowed.mp3", Body=mp3)
+    counting = media(b"")
+    chain = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+             "AWS_CONFIG_FILE": str(tmp_path / "none"),
+             "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    sinch = {"pull": True, "applications": [{"key": S4["key"], "secret": S4["secret"]}]}
+
+    def notify(server: RunningServer, call: str, destination: str) -> dict[str, Any]:
+        body = (f'{{"event":"notify","callid":"{call}","version":1,'
+                f'"type":"recording_available","destination":"{destination}"}}').encode()
+        assert exchange(server.port, signed_sinch(body)).status == 200
+
+        def settled() -> dict[str, Any] | None:
+            [record] = api_get(server, f"/v1/recordings?call_id={call}")["recordings"]
+            return record if record["pull"]["state"] in ("done", "failed") else None
+
+        return wait_for(lambda: counting.requests or settled())
+
+    refusing = start_server("refusing", env={**chain, "AWS_ENDPOINT_URL": counting.url},
+                            sinch=sinch, fetch={"backoff": 0.1})
+    record = notify(refusing, "victim", "s3://someone-elses-bucket/secret.mp3")
+    assert counting.requests == 0
+    assert record["status"] == "failed"
+    assert record["pull"]["error"].startswith("pull_refused: ")
+    assert "fetch.allow" in record["pull"]["error"]
+
+    allowing = start_server("allowing", env={**chain, "AWS_ENDPOINT_URL": moto.url},
+                            sinch=sinch, fetch={"allow": [f"s3://{bucket}"]})
+    record = notify(allowing, "allowed", f"s3://{bucket}/voice/allowed.mp3")
+    assert (record["status"], record["sha256"]) == ("completed", hashlib.sha256(mp3).hexdigest())
+
+
+@pytest.mark.parametrize(("entry", "complaint"), [
+    ("10.0.0.1/8", "host bits set"), ("http://media.example.com", "unknown scheme"),
+    ("s3://bucket/key", "s3://bucket"), ("azure://account", "azure://account/container"),
+    ("media.example.com:99999", "port"), ("media example.com", "not a host name"),
+])
+def test_bad_fetch_allow_entries_are_refused_at_load(tmp_path: Path, entry: str,
+                                                    complaint: str) -> None:
+    """A ``fetch.allow`` entry that is no host, host:port, network or bucket stops the
+    configuration from loading, naming the key, the entry and what is wrong."""
+    path = tmp_path / "recsink.toml"
+    path.write_text(f"[fetch]\nallow = [\"127.0.0.1/32\", {entry!r}]\n".replace("'", '"'))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: fetch.allow: ")
+    assert entry in message
+    assert complaint in message
+
+
+@pytest.mark.parametrize(("address", "public"), [
+    ("8.8.8.8", True), ("2606:4700:4700::1111", True), ("127.0.0.1", False),
+    ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+    ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False),
+    ("224.0.0.1", False), ("255.255.255.255", False), ("::1", False), ("::", False),
+    ("fe80::1", False), ("fc00::1", False), ("::ffff:127.0.0.1", False),
+    ("::ffff:169.254.169.254", False), ("64:ff9b::a00:1", False), ("2002:7f00:1::1", False),
+    ("ff0e::1", False),
+])
+def test_only_global_unicast_addresses_are_public(address: str, public: bool) -> None:
+    """Loopback, private, link-local, CGNAT, unspecified, multicast and reserved addresses,
+    and IPv6 forms of them (IPv4-mapped, NAT64, 6to4), are not public."""
+    assert is_public(ipaddress.ip_address(address)) is public

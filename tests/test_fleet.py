@@ -153,7 +153,7 @@ def test_signalwire_completed_on_three_instances_downloads_once(fleet: Fleet) ->
     try:
         key, base = "PSK_fleet_test_key", "https://sink.example.com"
         servers = fleet(3, laml={"signing_key": key, "public_base_url": base, "pull": True},
-                        fetch={"backoff": 0.2})
+                        fetch={"backoff": 0.2, "allow": ["127.0.0.1/32"]})
         params = [("AccountSid", "AC1"), ("CallSid", "CA-fleet"), ("RecordingSid", "RE-fleet"),
                   ("RecordingUrl", f"{media.url}/RE-fleet"), ("RecordingStatus", "completed"),
                   ("RecordingDuration", "2"), ("RecordingChannels", "1")]
