@@ -106,7 +106,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
                     "callbacks.unsigned", source=name, pull=source.pull,
                     detail=f"{name}.verify_signatures is off: anyone who can reach "
                            f"{source.path} can change recording records"
-                           + (" and make recsink download any URL" if source.pull else ""))
+                           + (" and make recsink download from any host fetch.allow allows"
+                              if source.pull else ""))
         log.info("storage.ready", backend=settings.storage.backend, **where,
                  staging_swept=swept, catalog=catalog.describe(),
                  recovered_completed=completed, recovered_failed=failed)
