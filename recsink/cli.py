@@ -48,6 +48,13 @@ def _effective(settings: Settings) -> str:
     return json.dumps(effective, indent=2)
 
 
+def _log_secrets(settings: Settings) -> list[str]:
+    """What the logs must never show: every configured secret, and each ``auth.basic``
+    entry's ``user:password`` (whose Base64 is what a client sends)."""
+    basic = [f"{c.username}:{c.password.get_secret_value()}" for c in settings.auth.basic]
+    return settings.secrets() + basic
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsink.server import serve  # aiohttp is only needed to serve
 
-    logs.configure(settings.log.level, settings.secrets())
+    logs.configure(settings.log.level, _log_secrets(settings))
     try:
         asyncio.run(serve(settings))
     except Exception as exc:
@@ -91,7 +98,7 @@ def _migrate(settings: Settings) -> int:
         finally:
             await catalog.close()
 
-    logs.configure(settings.log.level, settings.secrets(), stream=sys.stderr)
+    logs.configure(settings.log.level, _log_secrets(settings), stream=sys.stderr)
     try:
         result = asyncio.run(migrate())
     except Exception as exc:
@@ -108,7 +115,7 @@ def _reindex(settings: Settings) -> int:
         return 2
     from recsink.reindex import reindex
 
-    logs.configure(settings.log.level, settings.secrets(), stream=sys.stderr)
+    logs.configure(settings.log.level, _log_secrets(settings), stream=sys.stderr)
     try:
         counts = asyncio.run(reindex(settings))
     except Exception as exc:

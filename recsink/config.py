@@ -88,12 +88,21 @@ class ServerSettings(_Section):
 
 
 class OpsSettings(_Section):
-    """``[ops]``: the operations routes /healthz, /readyz and /metrics."""
+    """``[ops]``: the operations routes /healthz, /readyz and /metrics.
+
+    Who may read /readyz and /metrics (/healthz is always open and says only "ok"): with
+    ``token``, callers with that bearer token; else, when ``listen`` is a loopback address,
+    anyone there (only local processes reach it); else, when ``[auth]`` has credentials, callers
+    with an upload credential (as for an upload; ``auth.allow_networks`` applies); else
+    anyone. Only callers who passed a credential see why /readyz is not ready; the others get
+    its verdict, and the reasons go to the log (``ready.unavailable``)."""
 
     #: Serve them on their own address (``host:port``, e.g. ``127.0.0.1:9090``) instead of
-    #: the main one. Empty: on the main address.
+    #: the main one. Empty: on the main address. Its port must differ from ``server.port``
+    #: (the routes are told apart by the port a connection arrived on); 0 picks a free one.
     listen: str = ""
-    #: Bearer token required for /readyz and /metrics (/healthz stays open). Empty: none.
+    #: Bearer token required for /readyz and /metrics (/healthz stays open). Empty: see
+    #: above.
     token: SecretStr = SecretStr("")
 
     @field_validator("listen")
@@ -111,6 +120,25 @@ class OpsSettings(_Section):
             return None
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
+
+    def apart_from(self, server: ServerSettings) -> None:
+        """Raise ValueError when ``listen`` would share the main listener's port (a fixed
+        one): on any address, connections there would be taken for ops connections (every
+        upload 404, /metrics on the main address), or the two would not both bind."""
+        if (address := self.address) is None:
+            return
+        port = address[1]
+        if port != 0 and port == server.port:
+            raise ValueError(
+                f"ops.listen: {self.listen!r} uses port {port}, the main listener's "
+                f"(server.host {server.host!r}, server.port {server.port}); whatever the "
+                "address, the ops routes are told apart by port: give ops.listen another "
+                "port (or leave it empty to serve them on the main address)")
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether ``listen`` is a loopback address (only local processes reach it)."""
+        return self.address is not None and is_loopback(self.address[0])
 
 
 class DiskSettings(_Section):
@@ -617,6 +645,7 @@ class Settings(BaseSettings):
                 "credentials are configured (auth.basic, auth.bearer_tokens, auth.url_tokens); "
                 "add one, or set auth.allow_unauthenticated = true"
             )
+        self.ops.apart_from(self.server)
         return self
 
     def secrets(self) -> list[str]:

@@ -13,13 +13,31 @@ seconds trying again makes sense (``retry_after``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+#: A lone surrogate: from bytes decoded with ``surrogateescape`` (U+DC80-U+DCFF stand for
+#: bytes 0x80-0xFF), or from a JSON ``\ud800`` escape.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every lone surrogate written out: ``\\xNN`` for a byte that was not
+    UTF-8 (surrogateescape), ``\\udNNN`` for any other; such text cannot be encoded, and
+    JSON would show ``"\\udcff"`` for a byte 0xff."""
+    def escape(match: re.Match[str]) -> str:
+        point = ord(match[0])
+        return f"\\x{point - 0xDC00:02x}" if 0xDC80 <= point <= 0xDCFF else f"\\u{point:04x}"
+    return _SURROGATE.sub(escape, text)
 
 
 class RecsinkError(Exception):
-    """A request or job recsink refuses or could not complete; see the module docstring."""
+    """A request or job recsink refuses or could not complete; see the module docstring.
+    Request bytes quoted in ``detail`` that are not UTF-8 show as ``\\xNN``
+    (:func:`visible`)."""
 
     def __init__(self, code: str, detail: str, **fields: Any) -> None:
+        detail = visible(detail)
         super().__init__(detail)
         self.code = code
         self.detail = detail

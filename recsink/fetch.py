@@ -233,7 +233,8 @@ class Fetcher:
         attempts = record.pull_attempts + 1
         # Only recsink's own words reach the record (and the API): an exception's text may
         # quote the location (its query string) or what the source answered.
-        reason = exc.reason() if isinstance(exc, RecsinkError) else type(exc).__name__
+        reason = (logs.redact_urls(exc.reason()) if isinstance(exc, RecsinkError)
+                  else type(exc).__name__)
         final = isinstance(exc, PullError) and exc.final
         values: dict[str, Any]
         if final or attempts >= self.settings.max_attempts:

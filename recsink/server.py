@@ -282,6 +282,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
             ops_site = web.TCPSite(runner, *ops)
             await ops_site.start()
             ops_port = ops_site.port
+            if ops_port == site.port:  # both picked by the kernel (port 0), or bound twice
+                raise RuntimeError(f"ops.listen got port {ops_port}, the main listener's")
             app[state.SERVING].ops_port = ops_port
         log.info("server.listening", host=settings.server.host, port=site.port,
                  ops_port=ops_port,

@@ -100,6 +100,15 @@ class Catalog(abc.ABC):
         """Raise :class:`CatalogUnavailable` unless the catalog answers a query."""
         await self._read("SELECT 1", {})
 
+    async def check_writable(self) -> None:
+        """Raise :class:`CatalogUnavailable` (or :class:`CatalogFull`) unless the catalog
+        commits a write: its one heartbeat row rewritten (a real commit, through the group
+        commit, so as durable and as bounded in time as any other write)."""
+        await self._write(self.dialect.sql(
+            "INSERT INTO recsink_heartbeat (id, beat_at) VALUES (1, :beat_at) "
+            "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at RETURNING id"),
+            {"beat_at": self.dialect.encode_time(utcnow())})
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the catalog is, for logs (a password never shows)."""

@@ -12,6 +12,7 @@ the version is SQLite's ``user_version``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Mapping
@@ -32,6 +33,12 @@ from recsink.catalog.group import GroupCommit, Row, Write
 from recsink.catalog.migrations import LATEST, migrations, too_new
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``; raises OSError."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
 def _translate(exc: sqlite3.Error) -> Exception:
     if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
         return Conflict(str(exc))
@@ -49,6 +56,9 @@ class SqliteCatalog(Catalog):
                  reader: aiosqlite.Connection) -> None:
         super().__init__(sql.SQLITE)
         self.path = path
+        #: The file opened (device, inode): a file deleted or replaced under a running
+        #: process takes its writes into nothing (``check_writable``).
+        self._identity = _identity(path)
         #: The writer connection; every write goes through :meth:`_write`.
         self._db = db
         self._reader = reader
@@ -87,6 +97,21 @@ class SqliteCatalog(Catalog):
 
     def describe(self) -> str:
         return str(self.path)
+
+    async def check_writable(self) -> None:
+        """The catalog file is still the one opened (not deleted, moved or replaced: writes
+        would go to a file nobody will open again), and it commits a write."""
+        try:
+            now = await asyncio.to_thread(_identity, self.path)
+        except OSError as exc:
+            raise CatalogUnavailable(
+                f"the catalog file {self.path} is gone ({exc.strerror}): deleted or moved "
+                "while recsink runs; restart recsink to open it again") from exc
+        if now != self._identity:
+            raise CatalogUnavailable(
+                f"the catalog file {self.path} was replaced while recsink runs; restart "
+                "recsink to open it")
+        await super().check_writable()
 
     async def schema_version(self) -> int:
         rows = await self._read("PRAGMA user_version", {})

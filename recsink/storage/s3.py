@@ -75,6 +75,7 @@ from recsink.storage.s3client import (
     content_type,
     decode_metadata,
     encode_metadata,
+    error_code,
     is_conflict,
     is_missing,
     is_unreachable,
@@ -83,6 +84,8 @@ from recsink.storage.s3client import (
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
+#: Seconds the start-up look for the bucket (HeadBucket) may take.
+BUCKET_CHECK_TIMEOUT = 10.0
 
 def _cut(buffer: io.BytesIO, size: int) -> None:
     """Make ``buffer`` a part body of ``size`` bytes, read from its start."""
@@ -431,7 +434,27 @@ class S3Storage:
     async def start(self) -> int:
         swept = await self.spool.start()
         await self._abort_journalled()
+        await self._look_for_bucket()
         return swept
+
+    async def _look_for_bucket(self) -> None:
+        """Warn (``storage.bucket_missing``) when the bucket does not exist: recsink never
+        creates it, and every recording would wait in the spool. Any other answer (S3
+        unreachable, access denied, no answer within :data:`BUCKET_CHECK_TIMEOUT`) is only
+        logged (``storage.bucket_unchecked``): serving starts either way."""
+        bucket = self.destination.bucket
+        try:
+            async with asyncio.timeout(BUCKET_CHECK_TIMEOUT):
+                await self.client.head_bucket(Bucket=bucket)
+        except (*S3_ERRORS, TimeoutError) as exc:
+            if is_missing(exc) or error_code(exc) == "NoSuchBucket":
+                self._log.warning(
+                    "storage.bucket_missing", bucket=bucket, endpoint=self.settings.endpoint_url
+                    or None, detail=f"the bucket {bucket!r} does not exist: create it; until "
+                    "then every recording waits in the spool")
+            else:
+                self._log.info("storage.bucket_unchecked", bucket=bucket,
+                               error=str(exc) or type(exc).__name__)
 
     async def _abort_journalled(self) -> None:
         """recsink 0.1 listed its open multipart uploads in ``spool_dir/multipart``; abort
