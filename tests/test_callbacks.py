@@ -906,3 +906,24 @@ def test_only_global_unicast_addresses_are_public(address: str, public: bool) ->
     """Loopback, private, link-local, CGNAT, unspecified, multicast and reserved addresses,
     and IPv6 forms of them (IPv4-mapped, NAT64, 6to4), are not public."""
     assert is_public(ipaddress.ip_address(address)) is public
+
+
+@pytest.mark.parametrize("recording_url", [
+    "http://media.example.com:99999/Accounts/PRIVATE-PATH/Recordings/RE1?Sig=PRIVATE-QUERY",
+    "http://user:PRIVATE-PASSWORD@media.example.com:0x/Recordings/PRIVATE-PATH",
+    "https://media.example.com/Recordings/PRIVATE PATH?Sig=PRIVATE-QUERY",
+], ids=["bad-port", "bad-host", "space"])
+def test_a_failed_pull_never_shows_its_media_url(
+    start_server: Callable[..., RunningServer], recording_url: str,
+) -> None:
+    """A RecordingUrl the pull cannot even request fails the record with a reason that
+    shows no part of the URL but its scheme and host: not in the API's errors, not in the
+    log (SignalWire media URLs open without authentication)."""
+    server = start_server(**laml_config(T2, pull=True), fetch={"max_attempts": 1})
+    assert exchange(server.port, completed_callback(recording_url)).status == 200
+    record = wait_for(lambda: (r := api_get(server, f"/v1/recordings/{SID}"))["status"]
+                      == "failed" and r, timeout=30)
+    shown = json.dumps(record) + server.log_path.read_text(encoding="utf-8")
+    assert record["pull"]["error"], record
+    for private in ("PRIVATE-PATH", "PRIVATE PATH", "PRIVATE-QUERY", "PRIVATE-PASSWORD"):
+        assert private not in shown, (private, record["pull"]["error"])

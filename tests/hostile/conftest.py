@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.hostile.support import Hostile
+from tests.hostile.support import Hostile, secret_leaks
 
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
              HealthCheck.data_too_large, HealthCheck.large_base_example]
@@ -32,10 +32,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     """One real ``recsink serve`` per test module (tests/hostile/support.py
-    ``hostile_config``), stopped by pid at the end of the module."""
+    ``hostile_config``), stopped by pid at the end of the module; then its whole log is
+    searched for every configured secret in every encoding (``secret_leaks``)."""
     target = Hostile.start(tmp_path_factory.mktemp("hostile"))
     yield target
     server = target.server
     if server.proc.poll() is None:
         server.stop()
     assert server.proc.returncode == 0, f"recsink exited {server.proc.returncode}"
+    # Whatever the module sent, no configured secret reached the log in any encoding.
+    leaks = secret_leaks(server.log_path)
+    assert not leaks, "secrets in the log:\n" + "\n".join(leaks)

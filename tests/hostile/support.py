@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlencode, urlsplit
 
 from hypothesis import settings
 
@@ -49,6 +50,12 @@ URL_TOKEN = "hostile-url-token"
 BEARER = "hostile-bearer-token"
 BASIC_USER, BASIC_PASSWORD = "kazoo", "pa55"
 BASIC = "Basic " + base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
+#: Secrets with characters that percent-encode (and, Base64-encoded, give ``+``/``/``):
+#: a second URL token and a second Basic user.
+SPECIAL_TOKEN = "s3cr/t+?&=%x"
+SPECIAL_USER, SPECIAL_PASSWORD = "pbx-two", "p4ss w/rd?&=+~"
+SPECIAL_BASIC = "Basic " + base64.b64encode(
+    f"{SPECIAL_USER}:{SPECIAL_PASSWORD}".encode()).decode()
 SINCH_PATH = "/sinch/voice"
 SINCH_KEY = "f00dcafe-abba-c0de-1dea-dabb1ed4caf3"
 SINCH_SECRET = "cmVjb3JkaW5nLXNpbmstdGVzdC1zZWNyZXQ="
@@ -69,13 +76,61 @@ def hostile_config(workdir: Path) -> dict[str, Any]:
         "server": {"header_timeout": HEADER_TIMEOUT, "body_idle_timeout": BODY_IDLE_TIMEOUT},
         "storage": {"key_template": KEY_TEMPLATE, "disk": {"root": str(root), "fsync": False}},
         "ingest": {"max_bytes": MAX_BYTES},
-        "auth": {"url_tokens": [URL_TOKEN], "bearer_tokens": [BEARER],
-                 "basic": [{"username": BASIC_USER, "password": BASIC_PASSWORD}]},
+        "auth": {"url_tokens": [URL_TOKEN, SPECIAL_TOKEN], "bearer_tokens": [BEARER],
+                 "basic": [{"username": BASIC_USER, "password": BASIC_PASSWORD},
+                           {"username": SPECIAL_USER, "password": SPECIAL_PASSWORD}]},
         "kazoo": {"prefixes": [KAZOO_PREFIX]},
         "sinch": {"path": SINCH_PATH,
                   "applications": [{"key": SINCH_KEY, "secret": SINCH_SECRET}]},
         "laml": {"path": LAML_PATH, "signing_key": LAML_KEY, "public_base_url": LAML_BASE},
     })
+
+
+#: Every secret ``hostile_config`` configures, and each Basic ``user:password``.
+SECRETS = (URL_TOKEN, SPECIAL_TOKEN, BEARER, BASIC_PASSWORD, SPECIAL_PASSWORD, SINCH_SECRET,
+           LAML_KEY, f"{BASIC_USER}:{BASIC_PASSWORD}", f"{SPECIAL_USER}:{SPECIAL_PASSWORD}")
+
+
+def secret_forms(secret: str) -> set[str]:
+    """``secret`` as it may travel: raw, percent-encoded (``quote`` with and without ``/``
+    kept, ``quote_plus``; upper- and lower-case hex) and Base64 (standard and URL-safe, with
+    and without padding)."""
+    forms = {secret}
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        forms |= {encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), encoded)}
+    for b64 in (base64.b64encode, base64.urlsafe_b64encode):
+        text = b64(secret.encode()).decode()
+        forms |= {text, text.rstrip("=")}
+    return forms
+
+
+def secret_leaks(log: Path) -> list[str]:
+    """Each form of a configured secret (:data:`SECRETS`, :func:`secret_forms`) found in
+    ``log``: in its raw text, or in any string value of its JSON lines once decoded."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    values = [text]
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            values += _strings(json.loads(line))
+    leaks = []
+    for secret in SECRETS:
+        for form in sorted(secret_forms(secret)):
+            found = next((v for v in values if form in v), None)
+            if found is not None:
+                at = found.index(form)
+                context = found[max(0, at - 200):at + 80]
+                leaks.append(f"{form!r} (a form of {secret!r}) in: {context!r}")
+    return leaks
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def scaled(weight: float) -> settings:

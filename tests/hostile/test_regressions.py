@@ -276,3 +276,20 @@ def test_deeply_nested_sinch_event_is_400(hostile: Hostile) -> None:
     [answer] = hostile.exchange(sinch_request(sinch_signed(body)))
     assert answer.status == 400, str(answer)
 
+
+
+@pytest.mark.parametrize("raw", [
+    b"PUT /kazoo/call_recording_a.wav HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"\xff\r\nRIFF\r\n0\r\n\r\n",
+    b"GET /kazoo/\xff" + b"a" * 9000 + b" HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET /kazoo/a.wav HTTP/1.1\r\nhost: x\r\nx-\xff: " + b"a" * 9000 + b"\r\n\r\n",
+], ids=["chunk-size", "overlong-target", "overlong-header"])
+def test_undecodable_bytes_show_as_hex_escapes(hostile: Hostile, raw: bytes) -> None:
+    """A refusal quoting request bytes that are not UTF-8 shows them as ``\\xNN``, never as
+    lone surrogates (``\\udcNN``), in its answer and in its log line."""
+    [answer] = hostile.exchange(raw)
+    assert answer.status == 400, str(answer)
+    detail = json.loads(answer.body)["detail"]
+    assert "\\xff" in detail or "\\xfe" in detail, detail
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in detail), detail
+    assert b"\\udc" not in hostile.server.log_path.read_bytes()
