@@ -106,7 +106,7 @@ def _ops_access(request: web.Request) -> bool:
     if not settings.auth.has_credentials:
         return False
     if settings.ops.on_loopback:
-        return auth.check_credentials(authorization, request.query)
+        return auth.match_credentials(authorization, request.query)[0]
     auth.check(request.remote, authorization, [], request.query)
     return True
 
