@@ -15,10 +15,11 @@ import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
 
-from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, web
+from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiMapping
 
-from recsink.errors import Malformed, Stalled, TooLarge
+from recsink.errors import Malformed, Stalled, TooLarge, UnsupportedEncoding
 
 _T = TypeVar("_T")
 
@@ -63,6 +64,21 @@ async def read_capped(request: web.BaseRequest, limit: int, idle_timeout: float,
         body += chunk
         if len(body) > limit:
             raise refused
+
+
+def refuse_encoded(headers: MultiMapping[str]) -> None:
+    """Raise 415 ``unsupported_encoding`` when a request's ``Content-Encoding`` (RFC 9110
+    §8.4) names any coding but ``identity``. recsink never decodes a body (a gzip bomb
+    would cost its decompressed size): call this before reading one. ``headers``: the
+    request's headers (multidict; every ``Content-Encoding`` line counts)."""
+    values: list[str] = headers.getall(hdrs.CONTENT_ENCODING, [])
+    codings = [c.strip().lower() for v in values for c in v.split(",") if c.strip()]
+    if any(c != "identity" for c in codings):
+        shown = ", ".join(codings)[:100]
+        raise UnsupportedEncoding(
+            "unsupported_encoding",
+            f"Content-Encoding {shown!r} is not accepted: send the body as it is "
+            "(recsink never decompresses uploads)")
 
 
 class Readable(Protocol):

@@ -87,6 +87,11 @@ class NotAudio(RecsinkError):
     """The body is not a recording in an accepted format (sniffed from its bytes)."""
 
 
+class UnsupportedEncoding(RecsinkError):
+    """The body has a content coding (``Content-Encoding: gzip``, ``deflate``, ``br``, …):
+    recsink stores bodies exactly as sent and never decodes them."""
+
+
 class Unavailable(RecsinkError):
     """recsink cannot do it now (storage, catalog, another instance busy with the same
     recording, stopping); nothing was kept. Try again in ``retry_after`` seconds."""

@@ -24,6 +24,7 @@ from recsink.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UnsupportedEncoding,
 )
 
 #: Each kind of domain error and its status; subclasses answer as their nearest listed base.
@@ -35,6 +36,7 @@ STATUSES: Final[dict[type[RecsinkError], int]] = {
     Stalled: 408,
     TooLarge: 413,
     NotAudio: 415,
+    UnsupportedEncoding: 415,
     Unavailable: 503,
     Full: 507,
 }
@@ -55,10 +57,13 @@ def internal_error() -> RecsinkError:
 
 def error_response(exc: RecsinkError, status: int | None = None) -> web.Response:
     """The JSON answer to ``exc``: ``{"error", "detail"}`` with its status (or ``status``,
-    for errors aiohttp decided itself), and ``Retry-After`` when trying again helps."""
+    for errors aiohttp decided itself), ``Retry-After`` when trying again helps, and
+    ``Accept-Encoding: identity`` for an encoded body (RFC 9110 §15.5.16)."""
     headers = {}
     if isinstance(exc, Unavailable):
         headers[hdrs.RETRY_AFTER] = str(exc.retry_after)
     if isinstance(exc, Unauthorized) and exc.challenge:
         headers[hdrs.WWW_AUTHENTICATE] = exc.challenge
+    if isinstance(exc, UnsupportedEncoding):
+        headers[hdrs.ACCEPT_ENCODING] = "identity"
     return web.json_response(exc.body(), status=status or status_of(exc), headers=headers)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlparse
 from aiohttp import web
 
 from recsink import logs, state
-from recsink.bodies import read_capped
+from recsink.bodies import read_capped, refuse_encoded
 from recsink.catalog import Recording, Status, new_id, utcnow, whole_number
 from recsink.config import LamlSettings
 from recsink.errors import Malformed, Unauthorized
@@ -101,6 +101,7 @@ class LamlVerifier:
 async def callback(request: web.Request) -> web.Response:
     """``POST`` (form) or ``GET`` (query) RecordingStatusCallback: verify, apply, 200."""
     request[state.CALLBACK_SOURCE] = SOURCE
+    refuse_encoded(request.headers)  # never decompressed: 415 before reading
     settings = request.app[state.SETTINGS].laml
     if request.method == "POST":
         body = await read_capped(request, MAX_FORM_BYTES,

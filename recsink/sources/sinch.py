@@ -38,7 +38,7 @@ from aiohttp import hdrs, web
 
 from recsink import logs, state
 from recsink.auth import parse_authorization
-from recsink.bodies import read_capped
+from recsink.bodies import read_capped, refuse_encoded
 from recsink.catalog import Recording, Status, new_id, utcnow
 from recsink.config import SinchApplication, SinchSettings
 from recsink.errors import Malformed, Unauthorized
@@ -163,6 +163,7 @@ async def callback(request: web.Request) -> web.Response:
     """``POST`` of a Sinch notify event: verify, apply, answer 200 with an empty body; a
     replayed signature is answered 200 without effect (logged ``sinch.replayed``)."""
     request[state.CALLBACK_SOURCE] = SOURCE
+    refuse_encoded(request.headers)  # never decompressed: 415 before reading
     settings = request.app[state.SETTINGS].sinch
     # Small and capped in every framing; read whole: the signature covers the raw bytes.
     body = await read_capped(request, MAX_EVENT_BYTES,
