@@ -22,7 +22,7 @@ from recsink.auth import UploadAuth
 from recsink.catalog import open_catalog
 from recsink.commit import Commits
 from recsink.config import Settings
-from recsink.errors import NotFound, RecsinkError, Unavailable
+from recsink.errors import Forbidden, NotFound, RecsinkError, Unauthorized, Unavailable
 from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     """The recsink application for ``settings`` (served by :mod:`recsink.server`, or by the
     aiohttp test client in tests)."""
     app = web.Application(middlewares=[request_context])
+    app.on_response_prepare.append(_stamp_request_id)
     app[state.SETTINGS] = settings
     app[state.AUTH] = UploadAuth(settings.auth)
     app[state.METRICS] = Metrics()
@@ -135,21 +136,35 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
         await task
 
 
-def _request_id(request: web.Request) -> str:
+def request_id(request: web.BaseRequest) -> str:
+    """The request's id, the same on every call: the client's ``X-Request-ID`` when it is 1
+    to 64 ASCII letters, digits and dashes, else 16 new hex digits."""
+    known: str | None = request.get(state.REQUEST_ID)
+    if known is not None:
+        return known
     given = request.headers.get(REQUEST_ID_HEADER, "")
     if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").isalnum():
-        return given
-    return f"{random.getrandbits(64):016x}"  # a label, not a secret: no syscall per request
+        made = given
+    else:
+        made = f"{random.getrandbits(64):016x}"  # a label, not a secret: no syscall
+    request[state.REQUEST_ID] = made
+    return made
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer the application sends carries ``X-Request-ID``
+    (streamed GET/HEAD answers too, whose headers leave before the middleware sees them)."""
+    response.headers.setdefault(REQUEST_ID_HEADER, request_id(request))
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Bind a request id to every log line of the request, answer errors as JSON
     ``{"error", "detail"}`` (:mod:`recsink.responses`) and log each refused or failed
-    request once."""
+    request once. A refusal for the client's address or credentials (403, 401) closes the
+    connection: a client that is refused keeps no connection (nor its file descriptor)."""
     logs.clear_request()
-    request_id = _request_id(request)
-    logs.bind_request(request_id=request_id)
+    logs.bind_request(request_id=request_id(request))
     started = time.perf_counter()
     try:
         _check_site(request)
@@ -157,6 +172,8 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
     except RecsinkError as exc:
         _log_error(request, exc, status_of(exc), started)
         response = error_response(exc)
+        if isinstance(exc, Unauthorized | Forbidden):
+            response.force_close()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -177,7 +194,6 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
         # The handler's own answer is partly sent (a GET probe whose storage failed
         # mid-body): a second one would land inside its body. aiohttp closes the connection.
         raise ConnectionResetError("the response is already partly sent")
-    response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
 

@@ -93,6 +93,8 @@ GATE = web.AppKey("gate", UploadGate)
 
 #: The source an upload request is for, set by its handler (for error logs and metrics).
 UPLOAD_SOURCE = web.RequestKey("upload_source", str)
+#: The request's id (``X-Request-ID``: the client's own when usable, else a new one).
+REQUEST_ID = web.RequestKey("request_id", str)
 #: The platform a status callback comes from, set by its handler (for error logs).
 CALLBACK_SOURCE = web.RequestKey("callback_source", str)
 #: Who a Kazoo request was admitted as (its credential's accounts), set by its handler.

@@ -32,11 +32,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from recsink import logs, state
-from recsink.bodies import PartBody, RawBody, guarded
+from recsink.bodies import PartBody, RawBody, guarded, refuse_encoded
 from recsink.catalog import Recording
 from recsink.errors import Malformed, NotFound, RecsinkError, TooLarge
 from recsink.ingest import Intake, decode_content_md5
-from recsink.responses import error_response
 from recsink.storage import StorageUnavailable
 
 SOURCE = "kazoo"
@@ -223,6 +222,7 @@ async def upload(request: web.Request) -> web.Response:
 
 async def _upload(request: web.Request) -> web.Response:
     target, query = await _read_target(request)
+    refuse_encoded(request.headers)
     ingestor = request.app[state.INGESTOR]
     ingestor.check_length(request.content_length)
     settings = request.app[state.SETTINGS]
@@ -403,14 +403,18 @@ async def _find(request: web.Request, target: Target, query: Mapping[str, str]) 
 
 
 async def expect(request: web.Request) -> web.StreamResponse | None:
-    """``Expect: 100-continue`` (FreeSWITCH curl, §3.2): refuse before the body is sent
-    when the client is not admitted or the declared length is over the cap."""
+    """``Expect: 100-continue`` (FreeSWITCH curl, §3.2): invite the body (``100 Continue``)
+    only when the upload would be admitted. Otherwise send nothing here: the handler then
+    runs the same checks before reading a byte and refuses the upload as every refusal is
+    (the middleware's one log line, the uploads metric, ``X-Request-ID``), RFC 9110
+    §10.1.1's final status instead of 100."""
     try:
         await _read_target(request)
+        refuse_encoded(request.headers)
         request.app[state.INGESTOR].check_length(request.content_length)
         request.app[state.GATE].check()
-    except RecsinkError as exc:
-        return error_response(exc)
+    except RecsinkError:
+        return None
     await _default_expect_handler(request)
     return None
 
