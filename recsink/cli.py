@@ -71,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return _migrate(settings)
 
-    from recsink.server import serve  # aiohttp is only needed to serve
+    from recsink.server import DescriptorShortage, serve  # aiohttp is only needed to serve
 
     logs.configure(settings.log.level, _log_secrets(settings))
     try:
         asyncio.run(serve(settings))
+    except DescriptorShortage as exc:  # the environment, not a bug: no traceback
+        logs.get_logger().error("server.failed", error=str(exc))
+        return 1
     except Exception as exc:
         logs.get_logger().error("server.failed", error=str(exc), exc_info=exc)
         return 1

@@ -69,10 +69,16 @@ class ServerSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     #: Seconds a request body may stay silent before the upload is failed (408).
     body_idle_timeout: float = Field(60.0, gt=0)
-    #: Seconds a new connection gets to send its first request head; then it is closed.
+    #: Seconds a client gets to send a request head: a new connection from its opening, a
+    #: keep-alive connection from the head's first byte. Then the connection is closed.
     header_timeout: float = Field(15.0, gt=0)
     #: Seconds an idle keep-alive connection is kept open.
     keepalive_timeout: float = Field(75.0, gt=0)
+    #: Client connections open at once, on every listener together; a connection beyond
+    #: it is closed as soon as it is accepted, before anything is read. recsink checks at
+    #: start that RLIMIT_NOFILE (raised towards its hard limit if needed) leaves room for
+    #: these plus its own files (README "Limits").
+    max_connections: int = Field(1024, ge=1)
     #: Uploads received at once; beyond, 503 with Retry-After (the PBX retries).
     max_uploads: int = Field(256, ge=1)
     #: Bytes read from a connection's socket at a time, at most; a connection holds about

@@ -22,6 +22,7 @@ import base64
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -182,6 +183,29 @@ def configure(level: str = "info", secrets: Iterable[str] = (), stream: Any = No
     root.setLevel(_LEVELS[level])
     # The access log repeats what our own events say, with the raw URL (and its tokens).
     logging.getLogger("aiohttp.access").disabled = True
+
+
+class Throttle:
+    """At most one log line per ``interval`` seconds for an event that can repeat without
+    bound (a connection flood, a full file-descriptor table); the rest are counted.
+
+    ``allow()`` returns None to hold the current line back, else how many were held back
+    since the last line let through (to log as ``suppressed``).
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._next = float("-inf")
+        self._held = 0
+
+    def allow(self) -> int | None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return None
+        self._next = now + self._interval
+        held, self._held = self._held, 0
+        return held
 
 
 def clear_request() -> None:

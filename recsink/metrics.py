@@ -45,5 +45,16 @@ class Metrics:
             "recsink_spool_pending", "Recordings in the local spool waiting for S3.",
             registry=self.registry)
 
+        self.connections_open = Gauge(
+            "recsink_connections_open", "Client connections open now (server.max_connections "
+            "at most).", registry=self.registry)
+        self.connections_refused = Counter(
+            "recsink_connections_refused", "Connections closed as soon as accepted because "
+            "server.max_connections were open.", registry=self.registry)
+        self.accept_errors = Counter(
+            "recsink_accept_errors", "Connections the operating system could not hand over "
+            "(accept() failed: no file descriptor or memory left); they wait in the listen "
+            "backlog.", registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
