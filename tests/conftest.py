@@ -193,10 +193,11 @@ class RunningServer:
 
 def start_server_process(
     workdir: Path, config: dict[str, Any], timeout: float = 30,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, preexec_fn: Callable[[], Any] | None = None,
 ) -> RunningServer:
     """Write ``config`` as TOML and start ``python -m recsink serve --config`` on it (with
-    ``env`` added to the environment); wait for its ``server.listening`` line and read the
+    ``env`` added to the environment, ``preexec_fn`` run in the child before it starts,
+    e.g. to set resource limits); wait for its ``server.listening`` line and read the
     bound port from it. With a fixed ``server.port`` (not 0), ``GET /healthz`` answering
     200 also means ready, for log levels that leave ``server.listening`` out."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,8 @@ def start_server_process(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "recsink", "serve", "--config", str(config_path)],
-            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            preexec_fn=preexec_fn)
     fixed_port = int(config.get("server", {}).get("port", 0))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
