@@ -120,8 +120,14 @@ class Wire:
 
 
 def metric(server: RunningServer, name: str, **labels: str) -> float:
-    """A sample of ``GET /metrics`` (0 when absent)."""
-    text = exchange(server.port, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").body.decode()
+    """A sample of ``GET /metrics`` (0 when absent), read with the upload credentials
+    (/metrics needs them once ``[auth]`` has some)."""
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode())
+    reply = exchange(server.port,
+                     b"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Basic " + basic
+                     + b"\r\n\r\n")
+    assert reply.status == 200, reply.body
+    text = reply.body.decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v
