@@ -13,10 +13,12 @@ from aiohttp import hdrs, web
 
 from recsink import logs, state
 from recsink.auth import bearer_matches
-from recsink.catalog import Recording, Status
+from recsink.catalog import Recording, Status, iso
+from recsink.catalog.outbox import DELIVERY_STATES, DeliveryState
 from recsink.errors import Forbidden, Malformed, NotFound, Unauthorized
 from recsink.metrics import CONTENT_TYPE_LATEST
 from recsink.storage import StorageError
+from recsink.webhooks import where
 
 MAX_LIMIT = 1000
 #: The operations routes (``[ops]``: their own address and token).
@@ -83,6 +85,81 @@ def _resource(record: Recording) -> dict[str, Any]:
         if part is not None and isinstance(part.get("error"), str):
             part["error"] = logs.redact_urls(part["error"])
     return resource
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """``GET /v1/webhooks/deliveries?state=pending|delivered|failed&recording_id=&limit=``:
+    webhook deliveries, newest first (``recording_id``: recsink's id or the sender's).
+    Answers ``{"deliveries": [<delivery>, …]}``."""
+    _authorize(request)
+    wanted = request.query.get("state")
+    if wanted is not None and wanted not in DELIVERY_STATES:
+        raise Malformed("bad_query", f"state must be one of {list(DELIVERY_STATES)}")
+    state_: DeliveryState | None = next((s for s in DELIVERY_STATES if s == wanted), None)
+    limit = _limit(request)
+    catalog = request.app[state.CATALOG]
+    record_id = request.query.get("recording_id")
+    if record_id is not None and await catalog.get(record_id) is None:
+        matches = await catalog.search(recording_id=record_id, limit=1)
+        record_id = matches[0].id if matches else record_id
+    dispatcher = request.app[state.WEBHOOKS]
+    found = await catalog.deliveries(state=state_, record_id=record_id, limit=limit)
+    return web.json_response(
+        {"deliveries": [d.resource(dispatcher.index(d.endpoint)) for d in found]})
+
+
+async def retry_delivery(request: web.Request) -> web.Response:
+    """``POST /v1/webhooks/deliveries/{id}/retry``: send a delivery again now (a failed or
+    delivered one gets one more attempt, same ``webhook-id``); 202 with the delivery."""
+    _authorize(request)
+    wanted = request.match_info["id"]
+    delivery = await request.app[state.CATALOG].retry_delivery(wanted)
+    if delivery is None:
+        raise NotFound("not_found", f"no webhook delivery {wanted!r}")
+    dispatcher = request.app[state.WEBHOOKS]
+    dispatcher.wake()
+    return web.json_response(delivery.resource(dispatcher.index(delivery.endpoint)),
+                             status=202)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    """``GET /v1/webhooks/endpoints``: the configured endpoints (index, id, where, filters)
+    and whether each is disabled. Answers ``{"endpoints": [...]}``."""
+    _authorize(request)
+    disabled = await request.app[state.CATALOG].disabled_endpoints()
+    endpoints = []
+    for endpoint in request.app[state.WEBHOOKS].endpoints:
+        since, reason = disabled.get(endpoint.id, (None, None))
+        endpoints.append({
+            "n": endpoint.n, "id": endpoint.id, "url": where(endpoint.settings.url),
+            "events": endpoint.settings.events, "disabled": endpoint.id in disabled,
+            "disabled_at": iso(since), "disabled_reason": reason})
+    return web.json_response({"endpoints": endpoints})
+
+
+async def enable_endpoint(request: web.Request) -> web.Response:
+    """``POST /v1/webhooks/endpoints/{n}/enable``: send to endpoint ``n`` (its index in
+    ``webhooks.endpoints``) again after a 410 disabled it; its pending deliveries go out."""
+    _authorize(request)
+    endpoints = request.app[state.WEBHOOKS].endpoints
+    n = request.match_info["n"]
+    if not n.isdecimal() or int(n) >= len(endpoints):
+        raise NotFound("not_found", f"no webhook endpoint {n!r} (0 to {len(endpoints) - 1})")
+    endpoint = endpoints[int(n)]
+    was_disabled = await request.app[state.CATALOG].enable_endpoint(endpoint.id)
+    request.app[state.WEBHOOKS].wake()
+    return web.json_response({"n": endpoint.n, "id": endpoint.id, "disabled": False,
+                              "was_disabled": was_disabled})
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise Malformed("bad_query", "limit must be an integer") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Malformed("bad_query", f"limit must be between 1 and {MAX_LIMIT}")
+    return limit
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -163,6 +240,10 @@ async def metrics(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/recordings", list_recordings)
     app.router.add_get("/v1/recordings/{id}", get_recording)
+    app.router.add_get("/v1/webhooks/deliveries", list_deliveries)
+    app.router.add_post("/v1/webhooks/deliveries/{id}/retry", retry_delivery)
+    app.router.add_get("/v1/webhooks/endpoints", list_endpoints)
+    app.router.add_post("/v1/webhooks/endpoints/{n}/enable", enable_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

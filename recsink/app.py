@@ -31,6 +31,7 @@ from recsink.shipper import Shipper
 from recsink.sources import kazoo, laml, sinch
 from recsink.storage import Storage
 from recsink.storage.disk import DiskStorage
+from recsink.webhooks import Dispatcher, client_session
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -112,6 +113,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.info("storage.ready", backend=settings.storage.backend, **where,
                  staging_swept=swept, catalog=catalog.describe(),
                  recovered_completed=completed, recovered_failed=failed)
+        hooks_http = await stack.enter_async_context(client_session())
         clients = await stack.enter_async_context(contextlib.AsyncExitStack())
         # Pulls and shipping: cancelled at exit (what they hold is settled by whoever next
         # takes it); their clean-ups go to ``cleanups``.
@@ -122,6 +124,13 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         if settings.storage.backend == "s3":
             shipping = asyncio.create_task(Shipper(s3, commits, metrics, workers).run())
             stack.push_async_callback(cancel_and_wait, shipping)
+        # Webhooks: the outbox's dispatcher; its attempts are cancelled at exit like pulls
+        # (their leases expire and any instance sends them again).
+        dispatcher = Dispatcher(settings.webhooks, catalog, metrics, hooks_http, workers,
+                                commits.new_owner)
+        commits.on_status = dispatcher.wake
+        stack.push_async_callback(cancel_and_wait, asyncio.create_task(dispatcher.run()))
+        app[state.WEBHOOKS] = dispatcher
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog
         app[state.INGESTOR] = ingestor

@@ -105,6 +105,9 @@ class Commits:
         self._seq = itertools.count(1)
         self._held: set[Held] = set()
         self._released: dict[str, asyncio.Event] = {}  # idempotency key -> wake-up
+        #: Called after a write that changed a record's status (wakes the webhook
+        #: dispatcher: the change may have written an event).
+        self.on_status: Callable[[], None] | None = None
         self._log = logs.get_logger()
 
     @property
@@ -336,6 +339,8 @@ class Commits:
         """Set ``values`` and give the lease up."""
         try:
             held.record = await self.catalog.release(held.lease, **values)
+            if "status" in values and self.on_status is not None:
+                self.on_status()
             return held.record
         finally:
             self.drop(held)

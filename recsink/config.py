@@ -599,6 +599,92 @@ class ApiSettings(_Section):
     tokens: list[SecretStr] = []
 
 
+def _webhook_secret(secret: SecretStr) -> SecretStr:
+    """A Standard Webhooks secret: ``whsec_`` + base64 of 24 to 64 bytes."""
+    value = secret.get_secret_value()
+    body = value.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True) if body != value else b""
+    except ValueError:
+        key = b""
+    if not 24 <= len(key) <= 64:
+        raise ValueError("must be whsec_ followed by the base64 of 24 to 64 random bytes "
+                         "(python -c 'import base64,os; print(\"whsec_\" + "
+                         "base64.b64encode(os.urandom(32)).decode())')")
+    return secret
+
+
+#: The events recsink sends (specs/webhooks.md).
+WebhookEvent = Literal["recording.completed", "recording.failed", "recording.discarded"]
+
+
+class WebhookEndpoint(_Section):
+    """``[[webhooks.endpoints]]``: one receiver of signed events (Standard Webhooks)."""
+
+    #: Where events are POSTed (http:// or https://). Redirects are not followed.
+    url: str
+    #: The signing secret, ``whsec_`` + base64 of 24-64 random bytes; or ``secrets``,
+    #: several (each request carries one signature per secret, so a receiver holding any
+    #: of them verifies: rotation without downtime). One of the two is required.
+    secret: SecretStr = SecretStr("")
+    secrets: list[SecretStr] = []
+    #: Event types sent to this endpoint. Empty: every event.
+    events: list[WebhookEvent] = []
+    #: Only recordings from these sources (kazoo, sinch, laml). Empty: every source.
+    sources: list[str] = []
+    #: Only recordings of these account ids. Empty: every account.
+    account_ids: list[str] = []
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @field_validator("secret")
+    @classmethod
+    def _one_secret(cls, secret: SecretStr) -> SecretStr:
+        return _webhook_secret(secret) if secret.get_secret_value() else secret
+
+    @field_validator("secrets")
+    @classmethod
+    def _each_secret(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        return [_webhook_secret(s) for s in secrets]
+
+    @model_validator(mode="after")
+    def _some_secret(self) -> WebhookEndpoint:
+        if not self.signing_secrets:
+            raise ValueError("secret or secrets: an endpoint needs a signing secret")
+        return self
+
+    @property
+    def signing_secrets(self) -> list[str]:
+        """Every secret this endpoint's requests are signed with, ``secret`` first."""
+        values = [self.secret, *self.secrets]
+        return [s.get_secret_value() for s in values if s.get_secret_value()]
+
+
+class WebhookSettings(_Section):
+    """``[webhooks]``: signed events to downstream systems (README "Webhooks")."""
+
+    #: Seconds before each retry of a failed delivery (after the first attempt, which is
+    #: immediate), each with +-20 % jitter; after the last, the delivery is ``failed``.
+    #: Svix's schedule (about 28 hours in all).
+    retry_schedule: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000], min_length=1)
+    #: Seconds one attempt may take (connect, send, answer) before it counts as failed.
+    timeout: float = Field(15.0, gt=0, le=300)
+    endpoints: list[WebhookEndpoint] = []
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _delays(cls, schedule: list[float]) -> list[float]:
+        if any(not 0 <= delay <= 7 * 86400 for delay in schedule):
+            raise ValueError("each delay must be between 0 and 604800 seconds")
+        return schedule
+
+
 class LogSettings(_Section):
     """``[log]``: JSON log lines on stdout."""
 
@@ -626,6 +712,7 @@ class Settings(BaseSettings):
     sinch: SinchSettings = SinchSettings()
     laml: LamlSettings = LamlSettings()
     fetch: FetchSettings = FetchSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -669,6 +756,8 @@ class Settings(BaseSettings):
             secrets += [azure.connection_string.get_secret_value(),
                         azure.account_key.get_secret_value(), azure.sas_token.get_secret_value()]
         secrets.append(dsn_password(self.catalog.url.get_secret_value()) or "")
+        for endpoint in self.webhooks.endpoints:
+            secrets += endpoint.signing_secrets
         return [s for s in secrets if s]
 
 

@@ -56,5 +56,18 @@ class Metrics:
             "(accept() failed: no file descriptor or memory left); they wait in the listen "
             "backlog.", registry=self.registry)
 
+        self.webhook_deliveries = Counter(
+            "recsink_webhook_deliveries", "Webhook delivery attempts by endpoint (its index "
+            "in webhooks.endpoints) and outcome (delivered, retry, failed: the last attempt "
+            "failed, disabled: the receiver answered 410).",
+            ["endpoint", "outcome"], registry=self.registry)
+        self.webhook_endpoints_disabled = Counter(
+            "recsink_webhook_endpoints_disabled", "Webhook endpoints disabled because the "
+            "receiver answered 410 Gone, by endpoint.", ["endpoint"], registry=self.registry)
+        self.webhook_lag = Gauge(
+            "recsink_webhook_outbox_lag_seconds", "Age of the oldest webhook event not yet "
+            "delivered (a pending delivery or an event not yet fanned out); 0 when none "
+            "waits.", registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

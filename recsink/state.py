@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the source modules use these keys: no runtime import back t
     from recsink.fetch import Fetcher
     from recsink.sources.laml import LamlVerifier
     from recsink.sources.sinch import SinchVerifier
+    from recsink.webhooks import Dispatcher
 
 
 @dataclass
@@ -88,6 +89,7 @@ INGESTOR = web.AppKey("ingestor", Ingestor)
 FETCHER: web.AppKey[Fetcher] = web.AppKey("fetcher")
 SINCH: web.AppKey[SinchVerifier] = web.AppKey("sinch")
 LAML: web.AppKey[LamlVerifier] = web.AppKey("laml")
+WEBHOOKS: web.AppKey[Dispatcher] = web.AppKey("webhooks")
 SERVING = web.AppKey("serving", Serving)
 GATE = web.AppKey("gate", UploadGate)
 

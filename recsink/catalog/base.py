@@ -13,14 +13,15 @@ lease still holds it, else raises :class:`LeaseLost`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar
 
-from recsink.catalog import sql
+from recsink.catalog import outbox, sql
 from recsink.catalog.group import Row
+from recsink.catalog.outbox import Delivery, DeliveryState, Event
 from recsink.catalog.records import Queue, Recording, Status, utcnow
 from recsink.errors import Full, RecsinkError, Unavailable
 
@@ -271,6 +272,128 @@ class Catalog(abc.ABC):
     async def delete(self, record_id: str) -> None:
         await self._write(self.dialect.sql("DELETE FROM recordings WHERE id = :id "
                                            "RETURNING id"), {"id": record_id})
+
+    # -- the webhook outbox (recsink.catalog.outbox, recsink.webhooks) -----------------------
+
+    async def events(self, limit: int = 100) -> list[tuple[Event, Recording | None]]:
+        """Events waiting to be fanned out, oldest first, each with its recording as it is
+        now (None when the row is gone)."""
+        columns = ", ".join(f"r.{c}" for c in sql.FIELDS)
+        rows = await self._read(self.dialect.sql(
+            f"SELECT e.id, e.type, e.record_id, e.created_at, {columns} "  # noqa: S608
+            "FROM webhook_events e LEFT JOIN recordings r ON r.id = e.record_id "
+            "ORDER BY e.created_at, e.id LIMIT :limit"), {"limit": limit})
+        return [(outbox.decode_event(row[:4]),
+                 self.dialect.decode(row[4:]) if row[4] is not None else None)
+                for row in rows]
+
+    async def fan_out(self, deliveries: Sequence[Delivery]) -> int:
+        """Insert ``deliveries`` (pending), each unless its event has one for its endpoint
+        already (fanning out again, or on two instances at once, adds nothing); how many
+        were inserted."""
+        if not deliveries:
+            return 0
+        args: dict[str, Any] = {}
+        for n, delivery in enumerate(deliveries):
+            values = self.dialect.encode({
+                "id": delivery.id, "event_id": delivery.event_id,
+                "endpoint": delivery.endpoint, "type": delivery.type,
+                "record_id": delivery.record_id, "body": delivery.body,
+                "state": delivery.state, "next_attempt_at": delivery.next_attempt_at,
+                "created_at": delivery.created_at, "updated_at": delivery.updated_at})
+            args.update({f"{name}{n}": value for name, value in values.items()})
+        rows = await self._write(
+            self.dialect.sql(outbox.insert_deliveries(len(deliveries))), args)
+        return len(rows)
+
+    async def drop_events(self, ids: Sequence[str]) -> None:
+        """Forget fanned-out events."""
+        if not ids:
+            return
+        where, names = outbox.marks("_v", len(ids))
+        await self._write(self.dialect.sql(
+            f"DELETE FROM webhook_events WHERE id IN {where} RETURNING id"),  # noqa: S608
+            dict(zip(names, ids, strict=True)))
+
+    async def claim_deliveries(self, owner: str, ttl: float, limit: int,
+                               endpoints: Sequence[str],
+                               now: datetime | None = None) -> list[Delivery]:
+        """Lease up to ``limit`` pending deliveries due by ``now`` to ``endpoints`` (ids;
+        disabled ones left out) to ``owner`` for ``ttl`` seconds; on PostgreSQL rows other
+        transactions are claiming are skipped, so each attempt goes to one dispatcher."""
+        encode = self.dialect.encode_time
+        _, names = outbox.marks("_e", len(endpoints))
+        rows = await self._write(
+            self.dialect.sql(outbox.claim(len(endpoints), self.dialect.skip_locked)),
+            {"_owner": owner, "_until": encode(utcnow() + timedelta(seconds=ttl)),
+             "_now": encode(now or utcnow()), "_limit": limit,
+             **dict(zip(names, endpoints, strict=True))})
+        return [outbox.decode_delivery(r) for r in rows]
+
+    async def finish_attempt(self, delivery: Delivery, **values: Any) -> Delivery | None:
+        """Record an attempt of ``delivery`` (``values``: columns) and give its lease up;
+        None when its lease was lost meanwhile (another dispatcher has it now)."""
+        values["updated_at"] = utcnow()
+        row = self.dialect.encode({**values, "lease_owner": None, "lease_until": None})
+        assigns = ", ".join(f"{c} = :{c}" for c in row)
+        rows = await self._write(self.dialect.sql(
+            f"UPDATE webhook_deliveries SET {assigns} "  # noqa: S608
+            f"WHERE id = :_id AND lease_owner = :_owner{outbox.RETURNING}"),
+            {**row, "_id": delivery.id, "_owner": delivery.lease_owner})
+        return outbox.decode_delivery(rows[0]) if rows else None
+
+    async def deliveries(self, *, state: DeliveryState | None = None,
+                         record_id: str | None = None, limit: int = 100) -> list[Delivery]:
+        """Deliveries matching every given filter, newest first."""
+        args: dict[str, Any] = {"state": state, "record_id": record_id, "limit": limit}
+        where = [f"{c} = :{c}" for c in ("state", "record_id") if args[c] is not None]
+        statement = outbox.SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(self.dialect.sql(
+            statement + " ORDER BY created_at DESC, id LIMIT :limit"), args)
+        return [outbox.decode_delivery(r) for r in rows]
+
+    async def retry_delivery(self, delivery_id: str) -> Delivery | None:
+        """Make a delivery due now: a delivered or failed one gets one more attempt, a
+        pending one keeps its schedule. None when there is no such delivery."""
+        now = self.dialect.encode_time(utcnow())
+        rows = await self._write(self.dialect.sql(
+            "UPDATE webhook_deliveries SET next_attempt_at = :_now, "  # noqa: S608
+            "updated_at = :_now, max_attempts = CASE WHEN state = 'pending' THEN max_attempts "
+            "ELSE attempts + 1 END, state = 'pending' "
+            f"WHERE id = :_id{outbox.RETURNING}"), {"_now": now, "_id": delivery_id})
+        return outbox.decode_delivery(rows[0]) if rows else None
+
+    async def disable_endpoint(self, endpoint: str, reason: str) -> None:
+        """Stop sending to ``endpoint`` (its id) until :meth:`enable_endpoint`."""
+        await self._write(self.dialect.sql(
+            "INSERT INTO webhook_endpoints (id, disabled_at, reason) "
+            "VALUES (:id, :disabled_at, :reason) ON CONFLICT (id) DO UPDATE SET "
+            "disabled_at = excluded.disabled_at, reason = excluded.reason RETURNING id"),
+            {"id": endpoint, "disabled_at": self.dialect.encode_time(utcnow()),
+             "reason": reason})
+
+    async def enable_endpoint(self, endpoint: str) -> bool:
+        """Send to ``endpoint`` again; False when it was not disabled."""
+        rows = await self._write(self.dialect.sql(
+            "UPDATE webhook_endpoints SET disabled_at = NULL, reason = NULL "
+            "WHERE id = :id AND disabled_at IS NOT NULL RETURNING id"), {"id": endpoint})
+        return bool(rows)
+
+    async def disabled_endpoints(self) -> dict[str, tuple[datetime | None, str | None]]:
+        """Disabled endpoints: id -> (since when, why)."""
+        rows = await self._read(
+            "SELECT id, disabled_at, reason FROM webhook_endpoints "
+            "WHERE disabled_at IS NOT NULL", {})
+        return {str(r[0]): (outbox.decode_time(r[1]), r[2]) for r in rows}
+
+    async def oldest_pending(self) -> datetime | None:
+        """When the oldest event not yet delivered happened: the oldest pending delivery's
+        or event's creation (None when nothing waits)."""
+        rows = await self._read(
+            "SELECT MIN(t) FROM (SELECT MIN(created_at) AS t FROM webhook_deliveries "
+            "WHERE state = 'pending' UNION ALL "
+            "SELECT MIN(created_at) AS t FROM webhook_events) AS waiting", {})
+        return outbox.decode_time(rows[0][0]) if rows else None
 
     # -- values -----------------------------------------------------------------------------
 
