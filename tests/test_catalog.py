@@ -26,6 +26,7 @@ from recsink.catalog import (
     utcnow,
 )
 from recsink.catalog.migrations import LATEST, migrations
+from recsink.catalog.outbox import Delivery, new_delivery_id
 from recsink.catalog.postgres import PostgresCatalog
 from recsink.catalog.sqlite import SqliteCatalog
 from recsink.errors import Malformed
@@ -368,3 +369,112 @@ async def test_postgres_writes_share_transactions_and_fail_alone(pg_dsn: str) ->
         assert await catalog.by_key("m:7") is None
     finally:
         await catalog.close()
+
+
+# -- the webhook outbox (migration 0005) ----------------------------------------------------
+
+async def _event_types(catalog: Catalog) -> list[tuple[str, str]]:
+    return [(event.type, event.record_id) for event, _ in await catalog.events()]
+
+
+async def test_final_status_changes_write_events_in_their_transaction(
+    catalog: Catalog,
+) -> None:
+    """A change to a final status writes one outbox event with it: completed, discarded, a
+    platform's failure, a pull that gave up; an upload attempt that failed (the PBX retries
+    it), a repeated event, and a write that did not commit (lease lost, conflict) write
+    none."""
+    record = upload("kazoo:rid:hook")
+    lease = lease_for(record)
+    await catalog.acquire(record, lease, 60)
+    await catalog.release(lease, status=Status.FAILED, error="length_mismatch")
+    assert await _event_types(catalog) == []  # an attempt the PBX retries
+    retry = Lease(record.id, "host:1:aa/2")
+    assert await catalog.acquire(upload("kazoo:rid:hook"), retry, 60) is not None
+    with pytest.raises(LeaseLost):
+        await catalog.release(lease, status=Status.COMPLETED)  # not the holder: no commit
+    other = upload("kazoo:rid:other")
+    await catalog.insert(other)
+    with pytest.raises(Conflict):
+        await catalog.release(retry, status=Status.COMPLETED, idempotency_key="kazoo:rid:other")
+    assert await _event_types(catalog) == []
+    await catalog.release(retry, status=Status.COMPLETED)
+    assert await _event_types(catalog) == [("recording.completed", record.id)]
+
+    def platform(key: str, status: Status) -> Recording:
+        return Recording(id=new_id(), source="laml", status=status, received_at=utcnow(),
+                         idempotency_key=key)
+
+    failed = await catalog.transition(platform("laml:rid:f", Status.FAILED))
+    discarded = await catalog.transition(platform("laml:rid:d", Status.RECORDING))
+    await catalog.transition(platform("laml:rid:d", Status.DISCARDED))
+    await catalog.transition(platform("laml:rid:d", Status.DISCARDED))  # repeated
+    pulled = platform("laml:rid:p", Status.UPLOADING)
+    pulled.queue_pull("https://media.example/p.wav")
+    await catalog.transition(pulled)
+    [claimed] = await catalog.claim("pull", "host:1:aa/3", 60, 1)
+    await catalog.release(Lease(claimed.id, "host:1:aa/3"), status=Status.FAILED,
+                          pull_state="failed", error="pull failed: gone")
+    assert sorted(await _event_types(catalog)) == sorted([
+        ("recording.completed", record.id), ("recording.failed", failed.id),
+        ("recording.discarded", discarded.id), ("recording.failed", claimed.id)])
+    [(event, row)] = [(e, r) for e, r in await catalog.events() if e.record_id == record.id]
+    assert event.id.startswith("evt_")
+    assert row is not None
+    assert row.status is Status.COMPLETED
+
+
+def _delivery(event_id: str, endpoint: str, record_id: str) -> Delivery:
+    now = utcnow()
+    return Delivery(new_delivery_id(), event_id, endpoint, "recording.completed", record_id,
+                    '{"type":"recording.completed"}', "pending", 0, None, None, None, now,
+                    None, now, now)
+
+
+async def test_deliveries_are_made_once_and_each_attempt_claimed_once(
+    open_catalog: Opener,
+) -> None:
+    """Fanning one event out twice (two instances) makes one delivery per endpoint; due
+    deliveries are claimed by exactly one of several claimers; a disabled endpoint's are
+    not claimed until it is enabled; an attempt recorded under a lost lease changes
+    nothing; a retry makes a failed delivery due with one more attempt."""
+    first, second = await open_catalog(), await open_catalog()
+    ids = []
+    for n in range(6):
+        record = upload(f"kazoo:rid:d{n}")
+        lease = lease_for(record)
+        await first.acquire(record, lease, 60)
+        await first.release(lease, status=Status.COMPLETED)
+        ids.append(record.id)
+    events = await first.events()
+    assert len(events) == 6
+    made = [_delivery(e.id, ep, e.record_id) for e, _ in events for ep in ("ep_a", "ep_b")]
+    again = [_delivery(e.id, ep, e.record_id) for e, _ in events for ep in ("ep_a", "ep_b")]
+    counts = await asyncio.gather(first.fan_out(made), second.fan_out(again))
+    assert sum(counts) == 12
+    await second.drop_events([e.id for e, _ in events])
+    assert await first.events() == []
+    await first.disable_endpoint("ep_b", "410")
+    batches = await asyncio.gather(*(
+        catalog.claim_deliveries(f"host:{n}:aa/1", 60, 2, ["ep_a", "ep_b"])
+        for n, catalog in enumerate([first, second] * 4)))
+    claimed = [d for batch in batches for d in batch]
+    assert sorted(d.record_id for d in claimed) == sorted(ids)  # ep_a's, each once
+    assert {d.endpoint for d in claimed} == {"ep_a"}
+    assert await first.claim_deliveries("host:9:aa/1", 60, 10, ["ep_a", "ep_b"]) == []
+    assert await first.enable_endpoint("ep_b")
+    assert len(await first.claim_deliveries("host:9:aa/2", 60, 10, ["ep_a", "ep_b"])) == 6
+    one = claimed[0]
+    lost = Delivery(**{**vars(one), "lease_owner": "someone:else/1"})
+    assert await first.finish_attempt(lost, state="delivered", attempts=1) is None
+    done = await first.finish_attempt(one, state="failed", attempts=8, last_status=500,
+                                      last_error="HTTP 500", next_attempt_at=None)
+    assert done is not None
+    assert (done.state, done.attempts, done.lease_owner) == ("failed", 8, None)
+    assert [d.id for d in await second.deliveries(state="failed")] == [one.id]
+    retried = await second.retry_delivery(one.id)
+    assert retried is not None
+    assert (retried.state, retried.max_attempts) == ("pending", 9)
+    [again_claimed] = await first.claim_deliveries("host:9:aa/3", 60, 10, ["ep_a"])
+    assert again_claimed.id == one.id
+    assert await first.oldest_pending() is not None
