@@ -319,14 +319,17 @@ class Catalog(abc.ABC):
                                endpoints: Sequence[str],
                                now: datetime | None = None) -> list[Delivery]:
         """Lease up to ``limit`` pending deliveries due by ``now`` to ``endpoints`` (ids;
-        disabled ones left out) to ``owner`` for ``ttl`` seconds; on PostgreSQL rows other
-        transactions are claiming are skipped, so each attempt goes to one dispatcher."""
+        disabled ones left out) to ``owner`` (``<process>/<n>``) for ``ttl`` seconds; on
+        PostgreSQL rows other transactions are claiming are skipped, so each attempt goes to
+        one dispatcher; on SQLite, deliveries another (so a stopped) process held are
+        claimed at once."""
         encode = self.dialect.encode_time
         _, names = outbox.marks("_e", len(endpoints))
+        mine = "%" if self.shared else owner.rpartition("/")[0] + "/%"
         rows = await self._write(
             self.dialect.sql(outbox.claim(len(endpoints), self.dialect.skip_locked)),
             {"_owner": owner, "_until": encode(utcnow() + timedelta(seconds=ttl)),
-             "_now": encode(now or utcnow()), "_limit": limit,
+             "_now": encode(now or utcnow()), "_limit": limit, "_mine": mine,
              **dict(zip(names, endpoints, strict=True))})
         return [outbox.decode_delivery(r) for r in rows]
 

@@ -125,11 +125,14 @@ def free(now: str = ":_now") -> str:
 
 def claim(endpoints: int, skip_locked: str) -> str:
     """Lease up to ``:_limit`` due pending deliveries to endpoints ``:_e0 …`` (not
-    disabled) to ``:_owner`` until ``:_until``."""
+    disabled) to ``:_owner`` until ``:_until``: ones nobody holds, or whose holder does
+    not match ``:_mine`` (a catalog no other process shares: another process's lease is a
+    stopped process's)."""
     where, _ = marks("_e", endpoints)
     return ("UPDATE webhook_deliveries SET lease_owner = :_owner, "  # noqa: S608
             "lease_until = :_until WHERE id IN (SELECT id FROM webhook_deliveries "
-            f"WHERE state = 'pending' AND next_attempt_at <= :_now AND {free()} "
+            "WHERE state = 'pending' AND next_attempt_at <= :_now "
+            f"AND ({free()} OR lease_owner NOT LIKE :_mine) "
             f"AND endpoint IN {where} AND endpoint NOT IN (SELECT id FROM webhook_endpoints "
             "WHERE disabled_at IS NOT NULL) "
             f"ORDER BY next_attempt_at LIMIT :_limit{skip_locked}){RETURNING}")
