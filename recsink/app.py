@@ -113,7 +113,7 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         log.info("storage.ready", backend=settings.storage.backend, **where,
                  staging_swept=swept, catalog=catalog.describe(),
                  recovered_completed=completed, recovered_failed=failed)
-        hooks_http = await stack.enter_async_context(client_session())
+        hooks_http = await stack.enter_async_context(client_session(settings.webhooks))
         clients = await stack.enter_async_context(contextlib.AsyncExitStack())
         # Pulls and shipping: cancelled at exit (what they hold is settled by whoever next
         # takes it); their clean-ups go to ``cleanups``.

@@ -22,6 +22,7 @@ import string
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -676,6 +677,21 @@ class WebhookSettings(_Section):
     #: Seconds one attempt may take (connect, send, answer) before it counts as failed.
     timeout: float = Field(15.0, gt=0, le=300)
     endpoints: list[WebhookEndpoint] = []
+    #: Allow endpoints at link-local addresses (169.254.0.0/16, fe80::/10: where cloud
+    #: metadata services answer) and other metadata addresses. Off: such an address in a
+    #: URL is refused here, and a name resolving only to such addresses fails each attempt.
+    allow_link_local: bool = False
+
+    @model_validator(mode="after")
+    def _no_link_local(self) -> WebhookSettings:
+        if self.allow_link_local:
+            return self
+        for n, endpoint in enumerate(self.endpoints):
+            host = urlsplit(endpoint.url).hostname or ""
+            if forbidden(host):
+                raise ValueError(f"webhooks.endpoints.{n}.url: {host} is a link-local or "
+                                 "metadata address; set webhooks.allow_link_local to allow it")
+        return self
 
     @field_validator("retry_schedule")
     @classmethod
@@ -785,6 +801,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def forbidden(address: str) -> bool:
+    """Whether a webhook must not be sent to ``address`` (an IP literal) unless
+    ``webhooks.allow_link_local``: link-local addresses (169.254.0.0/16 and fe80::/10, where
+    cloud metadata services answer), the other well-known metadata addresses, and the
+    unspecified address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return ip.is_link_local or ip.is_unspecified or str(ip) in METADATA_ADDRESSES
+
+
+#: Cloud metadata services outside the link-local ranges (AWS over IPv6, Alibaba Cloud).
+METADATA_ADDRESSES = frozenset({"fd00:ec2::254", "100.100.100.200"})
 
 
 class ConfigError(Exception):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,12 +47,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import aiojobs
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
 from recsink import __version__, logs
 from recsink.catalog import Catalog, Recording, iso, utcnow
 from recsink.catalog.outbox import Delivery, Event, new_delivery_id
-from recsink.config import WebhookEndpoint, WebhookSettings
+from recsink.config import WebhookEndpoint, WebhookSettings, forbidden
 from recsink.errors import RecsinkError
 from recsink.jobs import Worker
 from recsink.metrics import Metrics
@@ -160,7 +163,7 @@ class Dispatcher:
         #: Seconds a claimed attempt is leased for: the attempt's timeout and a margin.
         self.lease_ttl = settings.timeout + 30.0
         idle = max(0.05, min(IDLE, min(settings.retry_schedule)))
-        self.worker = Worker("webhook", self._claim, self._send, scheduler,
+        self.worker = Worker("webhooks", self._claim, self._send, scheduler,
                              limit=SENDS, idle=idle, tick=self._tick)
         self._log = logs.get_logger()
 
@@ -303,7 +306,33 @@ class Dispatcher:
             return None, f"{type(exc).__name__}: {exc.strerror or exc}", None
 
 
-def client_session() -> aiohttp.ClientSession:
-    """The HTTP client webhooks are sent with: no cookies kept between receivers."""
-    return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, leaving out the addresses :func:`forbidden` names (a receiver's
+    DNS name can change to point anywhere; specs/webhooks.md "Guard the sender against
+    SSRF"). A name that resolves to nothing else fails the attempt (a connection error).
+    URLs with IP literals never reach a resolver: the configuration checks those."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        allowed = [result for result in found if not forbidden(result["host"])]
+        if not allowed:
+            raise OSError(f"{host} resolves only to link-local or metadata addresses "
+                          "(webhooks.allow_link_local)")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def client_session(settings: WebhookSettings) -> aiohttp.ClientSession:
+    """The HTTP client webhooks are sent with: no cookies kept between receivers, and
+    (unless ``webhooks.allow_link_local``) no connection to a link-local or metadata
+    address."""
+    resolver = DefaultResolver() if settings.allow_link_local else GuardedResolver()
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver),
+                                 cookie_jar=aiohttp.DummyCookieJar())
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import tomli_w
 
+from recsink.config import Settings, forbidden
 from tests.conftest import (
     REPO,
     RunningServer,
@@ -349,3 +350,18 @@ def test_webhook_secrets_are_validated(tmp_path: Path) -> None:
 
     assert "webhooks.endpoints.0.secrets: must be whsec_" in check("whsec_c2hvcnQ=")
     assert "an endpoint needs a signing secret" in check()
+
+
+def test_link_local_and_metadata_receivers_are_refused() -> None:
+    """A receiver URL at a link-local or metadata address is refused unless
+    webhooks.allow_link_local; the guard that also filters DNS answers names exactly those
+    addresses."""
+    secret = new_secret()
+    for url in ("http://169.254.169.254/latest/meta-data", "http://[fe80::1]/x",
+                "http://100.100.100.200/x"):
+        with pytest.raises(ValueError, match="link-local or metadata address"):
+            Settings(**hooks(url, secret))
+        assert Settings(**merge(hooks(url, secret), {"webhooks": {"allow_link_local": True}}))
+    assert [forbidden(a) for a in ("169.254.169.254", "fe80::1%eth0", "0.0.0.0",
+                                   "fd00:ec2::254", "127.0.0.1", "10.0.0.1", "::1")] == [
+        True, True, True, True, False, False, False]
