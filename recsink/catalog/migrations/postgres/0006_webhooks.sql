@@ -1,4 +1,4 @@
--- 5: outbound webhooks (recsink/webhooks.py), a transactional outbox. A trigger writes an
+-- 6: outbound webhooks (recsink/webhooks.py), a transactional outbox. A trigger writes an
 -- event row in the statement (so the transaction) that moves a recording to a final status;
 -- dispatchers fan each event out into one delivery per matching endpoint and send those.
 CREATE TABLE webhook_events (
