@@ -18,7 +18,9 @@ def migrations(engine: str) -> dict[int, str]:
     found = {}
     for entry in resources.files(__package__).joinpath(engine).iterdir():
         if entry.name.endswith(".sql"):
-            found[int(entry.name.split("_", 1)[0])] = entry.read_text(encoding="utf-8")
+            version = int(entry.name.split("_", 1)[0])
+            assert version not in found, f"two {engine} migrations are version {version}"
+            found[version] = entry.read_text(encoding="utf-8")
     return dict(sorted(found.items()))
 
 
