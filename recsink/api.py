@@ -50,12 +50,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     status = request.query.get("status")
     if status is not None and status not in Status.__members__.values():
         raise Malformed("bad_query", f"status must be one of {[s.value for s in Status]}")
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        raise Malformed("bad_query", "limit must be an integer") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise Malformed("bad_query", f"limit must be between 1 and {MAX_LIMIT}")
+    limit = _limit(request)
     records = await request.app[state.CATALOG].search(
         call_id=request.query.get("call_id"), recording_id=request.query.get("recording_id"),
         status=Status(status) if status else None, limit=limit)
