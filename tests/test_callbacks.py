@@ -912,7 +912,8 @@ def test_only_global_unicast_addresses_are_public(address: str, public: bool) ->
     "http://media.example.com:99999/Accounts/PRIVATE-PATH/Recordings/RE1?Sig=PRIVATE-QUERY",
     "http://user:PRIVATE-PASSWORD@media.example.com:0x/Recordings/PRIVATE-PATH",
     "https://media.example.com/Recordings/PRIVATE PATH?Sig=PRIVATE-QUERY",
-], ids=["bad-port", "bad-host", "space"])
+    "http://user:PRIVATE-PASSWORD@[::1/PRIVATE-PATH?Sig=PRIVATE-QUERY",
+], ids=["bad-port", "bad-host", "space", "unclosed-ipv6"])
 def test_a_failed_pull_never_shows_its_media_url(
     start_server: Callable[..., RunningServer], recording_url: str,
 ) -> None:
