@@ -14,21 +14,24 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import aiojobs
 from aiohttp import web
+from pydantic import SecretStr
 
 from recsink import api, logs, state
 from recsink.auth import UploadAuth
-from recsink.catalog import open_catalog
+from recsink.catalog import Catalog, open_catalog
 from recsink.commit import Commits
-from recsink.config import Settings
+from recsink.config import FetchBucket, Settings
 from recsink.errors import Forbidden, NotFound, RecsinkError, Unauthorized, Unavailable
 from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
 from recsink.responses import error_response, internal_error, status_of
 from recsink.shipper import Shipper
-from recsink.sources import kazoo, laml, sinch
+from recsink.sources import kazoo, laml, sendbird, sinch
+from recsink.sources.sendbird_polls import Sendbird
 from recsink.storage import Storage
 from recsink.storage.disk import DiskStorage
 from recsink.webhooks import Dispatcher, client_session
@@ -55,6 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     kazoo.add_routes(app, settings.kazoo.prefixes)
     sinch.add_routes(app, settings.sinch.path)
     laml.add_routes(app, settings.laml.path)
+    if settings.sendbird.enabled:  # else its path is not routed: 404
+        sendbird.add_routes(app, settings.sendbird.path)
     api.add_routes(app)
     return app
 
@@ -119,8 +124,19 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         # takes it); their clean-ups go to ``cleanups``.
         workers = aiojobs.Scheduler(limit=None, close_timeout=5.0)
         stack.push_async_callback(workers.close)
-        fetcher = Fetcher(settings.fetch, ingestor, commits, metrics, clients, workers)
+        copy_to = settings.sendbird.copy_to if settings.sendbird.enabled else None
+        fetcher = Fetcher(
+            settings.fetch, ingestor, commits, metrics, clients, workers,
+            buckets=[] if copy_to is None else [FetchBucket(
+                url=copy_to.url, endpoint_url=copy_to.endpoint_url,
+                credentials=SecretStr(f"{copy_to.access_key.get_secret_value()}:"
+                                      f"{copy_to.secret_key.get_secret_value()}:"
+                                      f"{copy_to.region}"))],
+            own=settings.storage.s3.url if settings.storage.backend == "s3" else None)
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(fetcher.run()))
+        if settings.sendbird.enabled:
+            app[state.SENDBIRD] = await _sendbird(settings, catalog, commits, fetcher, workers,
+                                                  stack)
         if settings.storage.backend == "s3":
             shipping = asyncio.create_task(Shipper(s3, commits, metrics, workers).run())
             stack.push_async_callback(cancel_and_wait, shipping)
@@ -136,6 +152,20 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         app[state.INGESTOR] = ingestor
         app[state.FETCHER] = fetcher
         yield
+
+
+async def _sendbird(settings: Settings, catalog: Catalog, commits: Commits, fetcher: Fetcher,
+                    workers: aiojobs.Scheduler, stack: contextlib.AsyncExitStack) -> Sendbird:
+    """Start Sendbird's poll worker and reconcile sweep (stopped at exit, in reverse)."""
+    from recsink.sources.sendbird_api import PlatformApi
+
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    poller = Sendbird(settings.sendbird, PlatformApi(settings.sendbird, session), catalog,
+                      workers, commits.new_owner, fetcher.wake)
+    stack.push_async_callback(cancel_and_wait, asyncio.create_task(poller.run()))
+    stack.push_async_callback(cancel_and_wait,
+                              asyncio.create_task(poller.reconcile_forever()))
+    return poller
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:

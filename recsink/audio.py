@@ -13,7 +13,9 @@ worker thread; nothing is loaded into memory.
 from __future__ import annotations
 
 import enum
+import hashlib
 import io
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -121,6 +123,34 @@ def probe_parts(head: bytes, tail: bytes, size: int, fmt: Format) -> AudioFacts:
     and last :data:`EDGE_BYTES` bytes and its size in bytes: mutagen reads the headers
     (RIFF chunks, ID3, the Xing/Info frame) and the trailing tags, never the audio."""
     return _probe(io.BufferedReader(_EdgesFile(head, tail, size)), fmt)
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """A stored object read once: its sha256 (hex), size in bytes, and first and last
+    :data:`EDGE_BYTES` bytes (for :func:`sniff` and :func:`probe_parts`)."""
+
+    sha256: str
+    size: int
+    head: bytes
+    tail: bytes
+
+
+async def scan(blocks: AsyncIterable[bytes]) -> Scanned:
+    """Hash and measure an object from its blocks, keeping its edges (``recsink reindex``,
+    and a pull that adopts an object already in recsink's bucket). Raises what reading
+    the blocks raises."""
+    digest = hashlib.sha256()
+    head = bytearray()
+    tail = b""
+    size = 0
+    async for block in blocks:
+        digest.update(block)
+        if len(head) < EDGE_BYTES:
+            head += block[:EDGE_BYTES - len(head)]
+        tail = (tail + block)[-EDGE_BYTES:]
+        size += len(block)
+    return Scanned(digest.hexdigest(), size, bytes(head), tail)
 
 
 class _EdgesFile(io.RawIOBase):

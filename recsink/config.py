@@ -519,6 +519,92 @@ class LamlSettings(_Section):
         return self
 
 
+class SendbirdCopy(_Section):
+    """``[sendbird.copy]``: the S3 bucket Sendbird's copy API writes completed cloud
+    recordings into (specs/sendbird.md §2), read back by recsink with the same keys. It
+    must be in the Sendbird application's region; Sendbird needs ``s3:PutObject`` and
+    ``s3:ListBucket`` on it, recsink ``s3:GetObject``."""
+
+    bucket: str = Field(min_length=1)
+    #: The bucket's region (Sendbird's copy API requires it).
+    region: str = Field(min_length=1)
+    access_key: SecretStr
+    secret_key: SecretStr
+    #: Key prefix Sendbird writes under (its ``recording_file_directory``), e.g.
+    #: ``sendbird/``; empty: the bucket's top level.
+    directory: str = ""
+    #: S3-compatible stores: their endpoint, for recsink's reads (Sendbird writes to AWS).
+    #: Empty: AWS.
+    endpoint_url: str = ""
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, bucket: str) -> str:
+        _bucket_url(f"s3://{bucket}")
+        return bucket
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket``: where the copies are read from."""
+        return f"s3://{self.bucket}"
+
+
+class SendbirdSettings(_Section):
+    """``[sendbird]``: Sendbird Calls webhooks and cloud recordings (specs/sendbird.md,
+    specs/callbacks.md §C). Off unless ``application_id`` and ``api_token`` are set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: The Sendbird application's id (Dashboard, Settings > Application > General).
+    application_id: str = ""
+    #: The application's master API token: it signs webhooks (``x-sendbird-signature``)
+    #: and authenticates recsink's Platform API requests (``Api-Token``).
+    api_token: SecretStr = SecretStr("")
+    #: The Platform API's base URL; empty: ``https://api-{application_id}.calls.sendbird.com``.
+    #: Operator configuration (a proxy, a test stand-in), so ``fetch.allow`` does not apply.
+    api_url: str = ""
+    #: Route of the webhook URL set in the Dashboard.
+    path: str = "/sendbird/calls"
+    #: Seconds before the second poll of an ended call or deleted room, doubled for each
+    #: further one up to ``poll_backoff_max``.
+    poll_backoff: float = Field(5.0, gt=0)
+    poll_backoff_max: float = Field(300.0, gt=0)
+    #: Seconds after a call or room was first seen that recsink stops asking; recordings
+    #: still unsettled then end ``failed`` (``sendbird_poll_expired``).
+    poll_max_age: float = Field(86400.0, gt=0)
+    #: Seconds between reconcile sweeps (one instance of a fleet runs each): direct calls
+    #: that ended within the last ``reconcile_window`` seconds are listed, and any whose
+    #: recordings are not settled here is polled (a lost webhook costs a delay only).
+    reconcile_interval: float = Field(300.0, gt=0)
+    reconcile_window: float = Field(3600.0, gt=0)
+    #: Seconds one Platform API request may take.
+    request_timeout: float = Field(30.0, gt=0)
+    #: Where completed recordings are copied to (``[sendbird.copy]``); absent: records end
+    #: ``completed`` at Sendbird with no ``storage_url`` (the Platform API has no download).
+    copy_to: SendbirdCopy | None = Field(None, alias="copy")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        return _route(path)
+
+    @field_validator("api_url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if url and not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", url):
+            raise ValueError("must be an http:// or https:// URL")
+        return url.rstrip("/")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.application_id and self.api_token.get_secret_value())
+
+    @property
+    def base_url(self) -> str:
+        """The Platform API's base URL (``api_url``, or the application's own host)."""
+        return self.api_url or f"https://api-{self.application_id}.calls.sendbird.com"
+
+
 class FetchBucket(_Section):
     """Read access to a bucket that recordings are pulled from (``s3://``, ``gs://``)."""
 
@@ -727,6 +813,7 @@ class Settings(BaseSettings):
     ops: OpsSettings = OpsSettings()
     sinch: SinchSettings = SinchSettings()
     laml: LamlSettings = LamlSettings()
+    sendbird: SendbirdSettings = SendbirdSettings()
     fetch: FetchSettings = FetchSettings()
     webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
@@ -768,6 +855,10 @@ class Settings(BaseSettings):
                 secrets += credentials.get_secret_value().split(":")[:2]  # access, secret key
         secrets += [a.secret.get_secret_value() for a in self.sinch.applications]
         secrets += [self.laml.signing_key.get_secret_value(), self.ops.token.get_secret_value()]
+        secrets.append(self.sendbird.api_token.get_secret_value())
+        if self.sendbird.copy_to is not None:
+            secrets += [self.sendbird.copy_to.access_key.get_secret_value(),
+                        self.sendbird.copy_to.secret_key.get_secret_value()]
         for azure in self.fetch.azure:
             secrets += [azure.connection_string.get_secret_value(),
                         azure.account_key.get_secret_value(), azure.sas_token.get_secret_value()]

@@ -22,6 +22,12 @@ requested, and the addresses a name resolves to are checked by the connector's r
 the address checked is the address connected to. A refused location fails the pull at once
 (``pull_refused``, logged as ``pull.refused``), without retries.
 
+A location inside recsink's own bucket and prefix (``storage.backend = "s3"``: a platform
+that wrote, or was told to copy, the recording there; Sendbird's copy API with
+``[sendbird.copy]`` naming recsink's bucket) is **adopted** where it is: its bytes are read
+once for the sha256 and audio facts and the record completes with that object as its
+storage, without a second copy (:meth:`Fetcher.adopt`).
+
 Every attempt ends within ``fetch.deadline`` seconds of its start, however steadily a source
 trickles bytes (``pull_deadline``; nothing partial is kept, and it is retried like any other
 failure). Locations may hold secrets (SignalWire's media URLs open without authentication),
@@ -34,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,6 +53,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from recsink import logs
+from recsink.audio import SNIFF_BYTES, probe_parts, scan, sniff
 from recsink.bodies import ChunksBody, RawBody
 from recsink.catalog import Status, utcnow
 from recsink.commit import Commits, Held
@@ -65,6 +72,8 @@ if TYPE_CHECKING:
 
 #: Seconds between looks at the catalog when no pull is due and nobody woke the fetcher.
 IDLE = 1.0
+#: Bytes read at a time from an object being adopted.
+ADOPT_BLOCK = 1024 * 1024
 #: Redirects followed for one HTTP pull (SignalWire's media URLs redirect once).
 MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -163,8 +172,14 @@ class Fetcher:
     pull queue (:meth:`run` is its loop, :meth:`wake` nudges it)."""
 
     def __init__(self, settings: FetchSettings, ingestor: Ingestor, commits: Commits,
-                 metrics: Metrics, stack: AsyncExitStack, scheduler: aiojobs.Scheduler) -> None:
+                 metrics: Metrics, stack: AsyncExitStack, scheduler: aiojobs.Scheduler, *,
+                 buckets: Sequence[FetchBucket] = (), own: str | None = None) -> None:
+        """``buckets``: bucket access besides ``fetch.buckets`` (``[sendbird.copy]``);
+        ``own``: recsink's own ``s3://bucket[/prefix]`` when it stores in S3 (locations
+        below it are adopted)."""
         self.settings = settings
+        self.buckets = [*settings.buckets, *buckets]
+        self.own = own.rstrip("/") + "/" if own else None
         self.ingestor = ingestor
         self.commits = commits
         self.catalog = commits.catalog
@@ -213,6 +228,8 @@ class Fetcher:
         held; True when this stored it. Raises :class:`PullError` and ingest's errors."""
         record = held.record
         assert record.pull_url is not None
+        if self.own is not None and record.pull_url.startswith(self.own):
+            return await self.adopt(held, record.pull_url)
         async with self.open(record.pull_url) as media:
             intake = Intake(
                 source=record.source, body=media.body, held=held,
@@ -227,6 +244,39 @@ class Fetcher:
                 raise NotAudio(exc.code, "the media is not a recording in an accepted format "
                                "(read from its bytes)", **exc.fields) from None
         return outcome.created
+
+    async def adopt(self, held: Held, url: str) -> bool:
+        """Complete ``held.record`` with the object at ``url``, which is in recsink's own
+        bucket and prefix: read once (sha256, size, format, audio facts), never copied.
+        True (this stored it). Raises the final :class:`PullError` for a bucket the egress
+        policy does not name, :class:`PullError` when there is no object there (yet),
+        :class:`NotAudio`, and storage errors."""
+        from recsink.storage.s3client import Destination
+
+        assert self.own is not None
+        location = Destination.parse(url)
+        self._bucket(url, location.scheme, location.bucket)  # the policy, as for a pull
+        storage = self.ingestor.storage
+        key = url[len(self.own):]
+        found = await storage.find(key)
+        if found is None:
+            raise PullError(f"no object at {where(url)} (yet)")
+        scanned = await scan(storage.read(key, ADOPT_BLOCK))
+        fmt = sniff(scanned.head[:SNIFF_BYTES])
+        if fmt is None or fmt.value not in self.ingestor.settings.formats:
+            raise NotAudio("unsupported_format", "the media is not a recording in an "
+                           "accepted format (read from its bytes)")
+        facts = await asyncio.to_thread(probe_parts, scanned.head, scanned.tail,
+                                        scanned.size, fmt)
+        record = held.record
+        duration = facts.duration_ms if facts.duration_ms is not None else record.duration_ms
+        await self.commits.complete(
+            held, found.stored, sha256=scanned.sha256, byte_size=scanned.size,
+            format=fmt.value, media_type=fmt.media_type, channels=facts.channels,
+            sample_rate=facts.sample_rate, duration_ms=duration)
+        self._log.info("pull.adopted", id=record.id, source=record.source,
+                       storage_key=key, sha256=scanned.sha256)
+        return True
 
     async def _retry_later(self, held: Held, exc: Exception) -> None:
         record = held.record
@@ -342,7 +392,7 @@ class Fetcher:
         """The ``[[fetch.buckets]]`` entry with the longest prefix of ``url``, or one for
         the AWS chain when ``fetch.allow`` lists the bucket. Raises the final
         :class:`PullError` for any other bucket."""
-        matches = [b for b in self.settings.buckets
+        matches = [b for b in self.buckets
                    if url == b.url or url.startswith(b.url.rstrip("/") + "/")]
         if matches:
             return max(matches, key=lambda b: len(b.url))

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 from collections import Counter
 
-from recsink.audio import EDGE_BYTES, Format, probe_parts
+from recsink.audio import Format, probe_parts, scan
 from recsink.catalog import SETTLED, Recording, open_catalog
 from recsink.config import Settings
 from recsink.metrics import Metrics
@@ -73,21 +73,13 @@ async def reindex(settings: Settings) -> dict[str, int]:
 async def _recompute(storage: S3Storage, record: Recording) -> None:
     """Fill ``record``'s sha256, size and audio facts from its object's bytes."""
     assert record.storage_key is not None
-    digest = hashlib.sha256()
-    head = bytearray()
-    tail = b""
-    size = 0
-    async for block in storage.read(record.storage_key, READ_BLOCK):
-        digest.update(block)
-        if len(head) < EDGE_BYTES:
-            head += block[:EDGE_BYTES - len(head)]
-        tail = (tail + block)[-EDGE_BYTES:]
-        size += len(block)
-    record.sha256 = digest.hexdigest()
-    record.byte_size = size
+    scanned = await scan(storage.read(record.storage_key, READ_BLOCK))
+    record.sha256 = scanned.sha256
+    record.byte_size = scanned.size
     fmt = Format(record.format) if record.format in ("wav", "mp3") else None
     if fmt is not None:
-        facts = await asyncio.to_thread(probe_parts, bytes(head), tail, size, fmt)
+        facts = await asyncio.to_thread(probe_parts, scanned.head, scanned.tail,
+                                        scanned.size, fmt)
         record.duration_ms = record.duration_ms if facts.duration_ms is None \
             else facts.duration_ms
         record.sample_rate = facts.sample_rate or record.sample_rate

@@ -27,6 +27,7 @@ from recsink.storage import Storage
 if TYPE_CHECKING:  # the source modules use these keys: no runtime import back to them
     from recsink.fetch import Fetcher
     from recsink.sources.laml import LamlVerifier
+    from recsink.sources.sendbird_polls import Sendbird
     from recsink.sources.sinch import SinchVerifier
     from recsink.webhooks import Dispatcher
 
@@ -90,6 +91,7 @@ FETCHER: web.AppKey[Fetcher] = web.AppKey("fetcher")
 SINCH: web.AppKey[SinchVerifier] = web.AppKey("sinch")
 LAML: web.AppKey[LamlVerifier] = web.AppKey("laml")
 WEBHOOKS: web.AppKey[Dispatcher] = web.AppKey("webhooks")
+SENDBIRD: web.AppKey[Sendbird] = web.AppKey("sendbird")
 SERVING = web.AppKey("serving", Serving)
 GATE = web.AppKey("gate", UploadGate)
 

@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, ClassVar
 
-from recsink.catalog import outbox, sql
+from recsink.catalog import outbox, polls, sql
 from recsink.catalog.group import Row
 from recsink.catalog.outbox import Delivery, DeliveryState, Event
+from recsink.catalog.polls import Poll, PollKind, PollState
 from recsink.catalog.records import Queue, Recording, Status, utcnow
 from recsink.errors import Full, RecsinkError, Unavailable
 
@@ -397,6 +398,61 @@ class Catalog(abc.ABC):
             "WHERE state = 'pending' UNION ALL "
             "SELECT MIN(created_at) AS t FROM webhook_events) AS waiting", {})
         return outbox.decode_time(rows[0][0]) if rows else None
+
+    # -- Sendbird polls and sweeps (recsink.catalog.polls) ----------------------------------
+
+    async def enqueue_poll(self, kind: PollKind, target_id: str, *,
+                           reopen: bool = False) -> bool:
+        """Queue a poll of the call or room, due now, unless it has one already (with
+        ``reopen``, a ``done`` one is queued again); True when this queued it."""
+        statement = polls.REOPEN if reopen else polls.ENQUEUE
+        rows = await self._write(self.dialect.sql(statement), {
+            "id": polls.poll_id(kind, target_id), "kind": kind, "target_id": target_id,
+            "_now": self.dialect.encode_time(utcnow())})
+        return bool(rows)
+
+    async def poll(self, kind: PollKind, target_id: str) -> Poll | None:
+        rows = await self._read(self.dialect.sql(f"{polls.SELECT} WHERE id = :id"),
+                                {"id": polls.poll_id(kind, target_id)})
+        return polls.decode_poll(rows[0]) if rows else None
+
+    async def claim_polls(self, owner: str, ttl: float, limit: int,
+                          now: datetime | None = None) -> list[Poll]:
+        """Lease up to ``limit`` pending polls due by ``now`` to ``owner``
+        (``<process>/<n>``) for ``ttl`` seconds; on PostgreSQL rows others are claiming are
+        skipped, so each poll runs on one instance."""
+        encode = self.dialect.encode_time
+        mine = "%" if self.shared else owner.rpartition("/")[0] + "/%"
+        rows = await self._write(self.dialect.sql(polls.claim(self.dialect.skip_locked)), {
+            "_owner": owner, "_until": encode(utcnow() + timedelta(seconds=ttl)),
+            "_now": encode(now or utcnow()), "_limit": limit, "_mine": mine})
+        return [polls.decode_poll(r) for r in rows]
+
+    async def finish_poll(self, poll: Poll, state: PollState, attempts: int,
+                          next_poll_at: datetime, last_error: str | None) -> Poll | None:
+        """Record a poll's attempt and give its lease up; None when the lease was lost."""
+        encode = self.dialect.encode_time
+        rows = await self._write(self.dialect.sql(polls.FINISH), {
+            "state": state, "attempts": attempts, "next_poll_at": encode(next_poll_at),
+            "last_error": last_error, "_now": encode(utcnow()), "_id": poll.id,
+            "_owner": poll.lease_owner})
+        return polls.decode_poll(rows[0]) if rows else None
+
+    async def take_sweep(self, name: str, owner: str, ttl: float, interval: float) -> bool:
+        """Hold the lease of the periodic job ``name`` for ``ttl`` seconds when nobody
+        holds it and it last ran ``interval`` seconds ago or more; True when taken."""
+        now = utcnow()
+        encode = self.dialect.encode_time
+        mine = "%" if self.shared else owner.rpartition("/")[0] + "/%"
+        rows = await self._write(self.dialect.sql(polls.TAKE_SWEEP), {
+            "name": name, "_owner": owner, "_until": encode(now + timedelta(seconds=ttl)),
+            "_now": encode(now), "_due": encode(now - timedelta(seconds=interval)),
+            "_mine": mine})
+        return bool(rows)
+
+    async def end_sweep(self, name: str, owner: str) -> None:
+        """Give the lease of the periodic job ``name`` up."""
+        await self._write(self.dialect.sql(polls.END_SWEEP), {"name": name, "_owner": owner})
 
     # -- values -----------------------------------------------------------------------------
 
