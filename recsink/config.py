@@ -523,13 +523,15 @@ class SendbirdCopy(_Section):
     """``[sendbird.copy]``: the S3 bucket Sendbird's copy API writes completed cloud
     recordings into (specs/sendbird.md §2), read back by recsink with the same keys. It
     must be in the Sendbird application's region; Sendbird needs ``s3:PutObject`` and
-    ``s3:ListBucket`` on it, recsink ``s3:GetObject``."""
+    ``s3:ListBucket`` on it, recsink ``s3:GetObject``. Unused while ``bucket`` is empty."""
 
-    bucket: str = Field(min_length=1)
+    #: The bucket's name; empty: no copies (records end ``completed`` at Sendbird).
+    bucket: str = ""
     #: The bucket's region (Sendbird's copy API requires it).
-    region: str = Field(min_length=1)
-    access_key: SecretStr
-    secret_key: SecretStr
+    region: str = ""
+    #: The access key and secret key Sendbird writes with, and recsink reads with.
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
     #: Key prefix Sendbird writes under (its ``recording_file_directory``), e.g.
     #: ``sendbird/``; empty: the bucket's top level.
     directory: str = ""
@@ -540,8 +542,17 @@ class SendbirdCopy(_Section):
     @field_validator("bucket")
     @classmethod
     def _bucket(cls, bucket: str) -> str:
-        _bucket_url(f"s3://{bucket}")
+        if bucket:
+            _bucket_url(f"s3://{bucket}")
         return bucket
+
+    @model_validator(mode="after")
+    def _complete(self) -> SendbirdCopy:
+        if self.bucket and not (self.region and self.access_key.get_secret_value()
+                                and self.secret_key.get_secret_value()):
+            raise ValueError("sendbird.copy: region, access_key and secret_key are required "
+                             "with a bucket")
+        return self
 
     @property
     def url(self) -> str:
@@ -579,9 +590,10 @@ class SendbirdSettings(_Section):
     reconcile_window: float = Field(3600.0, gt=0)
     #: Seconds one Platform API request may take.
     request_timeout: float = Field(30.0, gt=0)
-    #: Where completed recordings are copied to (``[sendbird.copy]``); absent: records end
-    #: ``completed`` at Sendbird with no ``storage_url`` (the Platform API has no download).
-    copy_to: SendbirdCopy | None = Field(None, alias="copy")
+    #: Where completed recordings are copied to (``[sendbird.copy]``); without a bucket,
+    #: records end ``completed`` at Sendbird with no ``storage_url`` (the Platform API
+    #: offers no download). ``copy`` in TOML (the name shadows pydantic's ``copy()``).
+    copy_section: SendbirdCopy = Field(SendbirdCopy(), alias="copy")
 
     @field_validator("path")
     @classmethod
@@ -598,6 +610,11 @@ class SendbirdSettings(_Section):
     @property
     def enabled(self) -> bool:
         return bool(self.application_id and self.api_token.get_secret_value())
+
+    @property
+    def copy_to(self) -> SendbirdCopy | None:
+        """``[sendbird.copy]`` when it names a bucket, else None."""
+        return self.copy_section if self.copy_section.bucket else None
 
     @property
     def base_url(self) -> str:
@@ -717,7 +734,7 @@ class WebhookEndpoint(_Section):
     secrets: list[SecretStr] = []
     #: Event types sent to this endpoint. Empty: every event.
     events: list[WebhookEvent] = []
-    #: Only recordings from these sources (kazoo, sinch, laml). Empty: every source.
+    #: Only recordings from these sources (kazoo, sinch, laml, sendbird). Empty: every source.
     sources: list[str] = []
     #: Only recordings of these account ids. Empty: every account.
     account_ids: list[str] = []

@@ -25,7 +25,8 @@ from tests.conftest import REPO, RunningServer, exchange
 
 def keys_of(model: type[BaseModel], prefix: str = "") -> set[str]:
     keys = set()
-    for name, info in model.model_fields.items():
+    for field_name, info in model.model_fields.items():
+        name = info.alias or field_name  # the key as written in TOML
         annotation: Any = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             keys |= keys_of(annotation, f"{prefix}{name}.")

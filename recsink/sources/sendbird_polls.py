@@ -192,12 +192,12 @@ class Sendbird:
     async def reconcile_forever(self) -> None:
         """:meth:`reconcile` whenever it is due (on one instance of a fleet), until
         cancelled."""
-        while True:
+        while True:  # a fleet's instances look twice an interval; the lease row decides
+            await asyncio.sleep(self.settings.reconcile_interval / 2)
             try:
                 await self.reconcile()
             except RecsinkError as exc:  # the Platform API or the catalog: next time
                 self._log.warning("sendbird.reconcile_failed", error=exc.reason())
-            await asyncio.sleep(self.settings.reconcile_interval / 2)
 
     async def reconcile(self, now: datetime | None = None) -> int | None:
         """List the direct calls of the last ``reconcile_window`` seconds and queue a poll
