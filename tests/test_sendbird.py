@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from recsink.sources.sendbird import signature
+from recsink.sources.sendbird_api import retry_after
 from tests.conftest import (
     RunningServer,
     api_get,
@@ -255,6 +256,32 @@ def test_429_retry_after_is_honoured(
     assert done["storage_url"] is None
     assert done["sha256"] is None
     assert stored_files(server.root) == []
+
+
+def test_recording_unsettled_after_poll_max_age_ends_failed(
+    start_server: Callable[..., RunningServer], standin: SendbirdStandIn, moto: MotoServer,
+) -> None:
+    """A recording still ``recording`` at Sendbird ``poll_max_age`` seconds after its call
+    ended is given up: polling stops and its record ends ``failed``
+    (``sendbird_poll_expired``)."""
+    standin.add_call("call-stuck", {"rec-stuck": ("recording", make_wav(0.5))})
+    server = start_server(**sendbird_config(standin, None, moto, poll_max_age=0.5))
+    assert post(server, event("direct_call:end", call_id="call-stuck")).status == 200
+    failed = wait_for(lambda: record(server, "rec-stuck", "failed"))
+    assert failed["error"].startswith("sendbird_poll_expired: ")
+    [expired] = wait_for(lambda: server.events("sendbird.poll_expired"))
+    assert expired["failed"] == 1
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    """``Retry-After`` is delay-seconds or an HTTP date (RFC 9110 §10.2.3); garbage is
+    unknown."""
+    now = datetime(2024, 6, 6, 17, 40, tzinfo=UTC)
+    assert retry_after("7", now) == 7.0
+    assert retry_after("Thu, 06 Jun 2024 17:40:30 GMT", now) == 30.0
+    assert retry_after("Thu, 06 Jun 2024 17:39:00 GMT", now) == 0.0
+    assert retry_after("soon", now) is None
+    assert retry_after(None, now) is None
 
 
 async def test_without_settings_the_route_is_not_served(

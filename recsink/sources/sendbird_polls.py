@@ -120,9 +120,9 @@ class Sendbird:
             await self._expire(poll, attempts, error)
             return
         delay = min(self.settings.poll_backoff_max,
-                    self.settings.poll_backoff * 2 ** (attempts - 1))
-        if wait is not None:
-            delay = max(delay, wait)
+                    self.settings.poll_backoff * 2 ** min(attempts - 1, 64))
+        if wait is not None:  # a Retry-After, believed up to poll_max_age
+            delay = max(delay, min(wait, self.settings.poll_max_age))
         await self.catalog.finish_poll(poll, "pending", attempts,
                                        now + timedelta(seconds=delay), error)
         (self._log.warning if error else self._log.info)(
