@@ -47,12 +47,19 @@ async def reindex(settings: Settings) -> dict[str, int]:
                     if meta is None:
                         return
                     counts["seen"] += 1
-                    # An object recsink did not write gets an id that stays the same.
-                    stable_id = "rec_" + hashlib.sha256(key.encode()).hexdigest()[:20]
-                    meta.setdefault("recsink-id", stable_id)
+                    before = None
+                    if "recsink-id" not in meta:
+                        # Written by someone else: a record may name it already (an object
+                        # adopted where it was, e.g. a Sendbird copy); else its id is one
+                        # that stays the same from run to run.
+                        before = await catalog.by_storage_key(key)
+                        meta["recsink-id"] = (
+                            before.id if before is not None
+                            else "rec_" + hashlib.sha256(key.encode()).hexdigest()[:20])
                     record = Recording.from_object_metadata(meta, key, storage.url(key))
-                    before = (await catalog.by_key(record.idempotency_key)
-                              if record.idempotency_key else await catalog.get(record.id))
+                    if before is None:
+                        before = (await catalog.by_key(record.idempotency_key)
+                                  if record.idempotency_key else await catalog.get(record.id))
                     if before is not None and before.status in SETTLED:
                         counts["unchanged"] += 1
                         return

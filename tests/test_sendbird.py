@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -139,7 +141,8 @@ def test_group_call_recording_after_room_deletion_is_adopted_in_recsinks_own_buc
 ) -> None:
     """A room's deletion leads to its recording arriving the same way; with the copy
     bucket and directory inside recsink's own S3 storage, the copied object is adopted where
-    it is (its sha256 and facts read from it) and the bucket holds it once."""
+    it is (its sha256 and facts read from it), the bucket holds it once, and ``recsink
+    reindex`` adds no second record for it."""
     wav = make_wav(2.0)
     standin.add_room("room-1", {"rec-room": ("completed", wav)})
     config = merge(s3_config(bucket, moto.url, spool_dir=str(tmp_path / "spool")),
@@ -156,6 +159,13 @@ def test_group_call_recording_after_room_deletion_is_adopted_in_recsinks_own_buc
     assert all_objects(s3, bucket) == {key: len(wav)}
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == wav
     assert server.events("pull.adopted")
+    # recsink reindex knows the adopted object (no recsink metadata) by its record's key.
+    reindexed = subprocess.run(
+        [sys.executable, "-m", "recsink", "reindex", "--config", "recsink.toml"],
+        cwd=server.workdir, capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(reindexed.stdout) == {
+        "seen": 1, "added": 0, "completed": 0, "unchanged": 1, "recomputed": 0}
+    assert len(api_get(server, "/v1/recordings?call_id=room-1")["recordings"]) == 1
 
 
 def test_webhook_resent_three_times_changes_nothing(

@@ -127,6 +127,12 @@ class Catalog(abc.ABC):
     async def by_key(self, key: str) -> Recording | None:
         return await self._one(f"{sql.SELECT} WHERE idempotency_key = :key", {"key": key})
 
+    async def by_storage_key(self, storage_key: str) -> Recording | None:
+        """The newest record whose object is at ``storage_key``."""
+        return await self._one(
+            f"{sql.SELECT} WHERE storage_key = :storage_key ORDER BY received_at DESC LIMIT 1",
+            {"storage_key": storage_key})
+
     async def latest_completed(
         self, source: str, call_id: str, name: str | None = None
     ) -> Recording | None:
