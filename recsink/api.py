@@ -1,5 +1,6 @@
-"""The read-only recording API (``/v1/recordings``) and the operations routes
-(``/healthz``, ``/readyz``, ``/metrics``; who may read them: :func:`_ops_access`)."""
+"""The recording API (``/v1/recordings``: reading; deletion, legal holds and erasures with
+scoped tokens, :mod:`recsink.retention`) and the operations routes (``/healthz``,
+``/readyz``, ``/metrics``; who may read them: :func:`_ops_access`)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from recsink import logs, state
-from recsink.auth import bearer_matches
+from recsink.auth import bearer_matches, matching_token
 from recsink.catalog import Recording, Status, iso
 from recsink.catalog.outbox import DELIVERY_STATES, DeliveryState
+from recsink.config import Scope
 from recsink.errors import Forbidden, Malformed, NotFound, Unauthorized
 from recsink.metrics import CONTENT_TYPE_LATEST
+from recsink.retention import parse_selector
 from recsink.storage import StorageError
 from recsink.webhooks import where
 
@@ -25,22 +28,32 @@ MAX_LIMIT = 1000
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def _authorize(request: web.Request) -> None:
-    """``api.tokens`` as bearer tokens when configured, else the upload credentials (not
-    those bound to accounts: 403 ``account_not_allowed``)."""
-    tokens = [t.get_secret_value() for t in request.app[state.SETTINGS].api.tokens]
+def _authorize(request: web.Request, scope: Scope = "read") -> str:
+    """Admit an API request that needs ``scope``; the name its log lines give the caller.
+    ``api.tokens`` as bearer tokens when configured (each its own scopes), else the upload
+    credentials with scope ``read`` only (not those bound to accounts: 403
+    ``account_not_allowed``). Raises 401 ``unauthorized``, 403 ``missing_scope``."""
+    tokens = request.app[state.SETTINGS].api.named
     authorization = request.headers.get(hdrs.AUTHORIZATION)
     auth = request.app[state.AUTH]
     if tokens:
         auth.check_network(request.remote)
-        if not bearer_matches(authorization, tokens):
+        found = matching_token(authorization, tokens)
+        if found is None:
             raise Unauthorized("unauthorized", "missing or wrong API token")
-        return
+        if scope not in found.scopes:
+            raise Forbidden("missing_scope", f"the API token {found.name!r} lacks the "
+                            f"{scope!r} scope this needs", token=found.name)
+        return found.name
     if auth.check(request.remote, authorization, [], request.query).accounts is not None:
         # The API lists and describes every account's recordings.
         raise Forbidden("account_not_allowed",
                         "a credential bound to accounts cannot use the recording API; "
                         "configure api.tokens for it")
+    if scope != "read":
+        raise Forbidden("missing_scope", f"the upload credentials may only read; configure "
+                        f"api.tokens with the {scope!r} scope for this")
+    return "upload-credentials"
 
 
 async def list_recordings(request: web.Request) -> web.Response:
@@ -61,6 +74,12 @@ async def get_recording(request: web.Request) -> web.Response:
     """``GET /v1/recordings/{id}``: one recording resource by recsink id (``rec_…``) or by
     the sender's recording id."""
     _authorize(request)
+    return web.json_response(_resource(await _find(request)))
+
+
+async def _find(request: web.Request) -> Recording:
+    """The recording ``{id}`` names (recsink's id, or the sender's recording id). Raises
+    404 ``not_found``."""
     wanted = request.match_info["id"]
     catalog = request.app[state.CATALOG]
     record = await catalog.get(wanted)
@@ -69,7 +88,68 @@ async def get_recording(request: web.Request) -> web.Response:
         record = matches[0] if matches else None
     if record is None:
         raise NotFound("not_found", f"no recording {wanted!r}")
-    return web.json_response(_resource(record))
+    return record
+
+
+async def delete_recording(request: web.Request) -> web.Response:
+    """``DELETE /v1/recordings/{id}`` (scope ``delete``): delete the object and make the
+    record a tombstone; 200 with the tombstone (again for a tombstone). 409
+    ``legal_hold`` when held, 409 ``object_locked`` when storage refuses (S3 Object Lock),
+    503 while another upload or deletion holds it."""
+    by = _authorize(request, "delete")
+    record = await _find(request)
+    tombstone, _ = await request.app[state.RETENTION].delete_logged(record.id, by)
+    return web.json_response(_resource(tombstone))
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise Malformed("bad_json", "the body must be a JSON object") from None
+
+
+async def put_hold(request: web.Request) -> web.Response:
+    """``PUT /v1/recordings/{id}/hold`` with ``{"reason": "…"}`` (scope ``hold``): put a
+    legal hold on the recording; 200 with the resource (``hold: {reason, since}``). 409
+    ``deleted`` for a tombstone."""
+    by = _authorize(request, "hold")
+    body = await _json_body(request)
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+        raise Malformed("bad_hold", 'send {"reason": "<why, 1 to 500 characters>"}')
+    record = await _find(request)
+    held = await request.app[state.RETENTION].hold(record.id, reason.strip(), by)
+    return web.json_response(_resource(held))
+
+
+async def delete_hold(request: web.Request) -> web.Response:
+    """``DELETE /v1/recordings/{id}/hold`` (scope ``hold``): lift the legal hold; 200 with
+    the resource (``hold: null``)."""
+    by = _authorize(request, "hold")
+    record = await _find(request)
+    released = await request.app[state.RETENTION].release_hold(record.id, by)
+    return web.json_response(_resource(released))
+
+
+async def post_erasure(request: web.Request) -> web.Response:
+    """``POST /v1/erasures`` with exactly one of ``{"call_id"}``, ``{"account_id"}``,
+    ``{"number"}`` (scope ``delete``): delete every matching recording; 202 with
+    ``{"id": "era_…", "matched", "deleted", "held": [ids], "failed": [ids]}`` (held ones
+    are kept; failed ones could not be deleted now: retry the erasure)."""
+    by = _authorize(request, "delete")
+    selector, value = parse_selector(await _json_body(request))
+    result = await request.app[state.RETENTION].erase(selector, value, by)
+    return web.json_response(result.resource(), status=202)
+
+
+async def list_erasures(request: web.Request) -> web.Response:
+    """``GET /v1/erasures?limit=``: erasures, newest first: ``{"erasures": [{"id",
+    "selector": {name: value}, "matched", "deleted", "held", "failed", "requested_by",
+    "created_at"}, …]}``."""
+    _authorize(request)
+    found = await request.app[state.CATALOG].erasures(_limit(request))
+    return web.json_response({"erasures": found})
 
 
 def _resource(record: Recording) -> dict[str, Any]:
@@ -235,6 +315,11 @@ async def metrics(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/recordings", list_recordings)
     app.router.add_get("/v1/recordings/{id}", get_recording)
+    app.router.add_delete("/v1/recordings/{id}", delete_recording)
+    app.router.add_put("/v1/recordings/{id}/hold", put_hold)
+    app.router.add_delete("/v1/recordings/{id}/hold", delete_hold)
+    app.router.add_post("/v1/erasures", post_erasure)
+    app.router.add_get("/v1/erasures", list_erasures)
     app.router.add_get("/v1/webhooks/deliveries", list_deliveries)
     app.router.add_post("/v1/webhooks/deliveries/{id}/retry", retry_delivery)
     app.router.add_get("/v1/webhooks/endpoints", list_endpoints)

@@ -29,6 +29,7 @@ from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
 from recsink.responses import error_response, internal_error, status_of
+from recsink.retention import Retention
 from recsink.shipper import Shipper
 from recsink.sources import kazoo, laml, sendbird, sinch
 from recsink.sources.sendbird_polls import Sendbird
@@ -146,6 +147,10 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
                                 commits.new_owner)
         commits.on_status = dispatcher.wake
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(dispatcher.run()))
+        # Retention: the sweeper (when rules are set), deletions, holds and erasures.
+        retention = Retention(settings.retention, commits)
+        stack.push_async_callback(cancel_and_wait, asyncio.create_task(retention.run()))
+        app[state.RETENTION] = retention
         app[state.WEBHOOKS] = dispatcher
         app[state.STORAGE] = storage
         app[state.CATALOG] = catalog

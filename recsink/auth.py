@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from recsink.config import AuthSettings, BoundToken
+from recsink.config import ApiToken, AuthSettings, BoundToken
 from recsink.errors import Forbidden, Unauthorized
 
 
@@ -89,6 +89,17 @@ def bearer_matches(authorization: str | None, tokens: Sequence[str]) -> bool:
     """True when ``authorization`` is ``Bearer <one of tokens>`` (constant-time)."""
     scheme, value = parse_authorization(authorization)
     return scheme == "bearer" and matches_any(value, tokens)
+
+
+def matching_token(authorization: str | None, tokens: Sequence[ApiToken]) -> ApiToken | None:
+    """The API token ``authorization`` (``Bearer <token>``) carries, or None; every token
+    is compared, in constant time."""
+    scheme, value = parse_authorization(authorization)
+    found = None
+    for token in tokens:
+        if _equal(value, token.token.get_secret_value()) and scheme == "bearer":
+            found = token
+    return found
 
 
 class UploadAuth:

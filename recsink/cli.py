@@ -1,8 +1,12 @@
-"""``recsink serve | check-config | migrate | reindex [--config PATH]``.
+"""``recsink serve | check-config | migrate | reindex | erasures reapply [--from FILE]
+[--config PATH]``.
 
 ``recsink migrate`` brings the catalog's schema up to date and exits (ahead of a rolling
 upgrade of a fleet; ``serve`` migrates at start too); it prints ``{"catalog", "from", "to"}``.
 ``recsink reindex`` rebuilds the catalog from the S3 bucket (prints counts).
+``recsink erasures reapply`` applies every erasure and API deletion of the erasure log
+(``retention.erasure_log``, or ``--from FILE``) again, after a restored catalog or storage
+brought recordings back; it prints a JSON report (:func:`recsink.retention.reapply_log`).
 
 Exit status: 0 on success, 2 when the configuration is invalid (the message names each bad
 key), 1 when serving, migrating or reindexing fails (storage or catalog unusable, or a
@@ -37,6 +41,17 @@ def _parser() -> argparse.ArgumentParser:
             "--config", type=Path, metavar="PATH",
             help="TOML configuration file (default: built-in defaults; RECSINK_* environment "
                  "variables override either)")
+    erasures = commands.add_parser(
+        "erasures", help="erasures of the erasure log (retention.erasure_log)",
+        description="erasures of the erasure log (retention.erasure_log)")
+    actions = erasures.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = ("apply every erasure and deletion of the log again (after restoring a backup "
+            "of the catalog or the storage); prints a JSON report")
+    reapply = actions.add_parser("reapply", help=text, description=text)
+    reapply.add_argument("--from", dest="log", type=Path, metavar="FILE",
+                         help="the erasure log to read (default: retention.erasure_log)")
+    reapply.add_argument("--config", type=Path, metavar="PATH",
+                         help="TOML configuration file")
     return parser
 
 
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reindex(settings)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "erasures":
+        return _reapply(settings, args.log or settings.retention.erasure_log)
 
     from recsink.server import DescriptorShortage, serve  # aiohttp is only needed to serve
 
@@ -125,6 +142,22 @@ def _reindex(settings: Settings) -> int:
         logs.get_logger().error("reindex.failed", error=str(exc), exc_info=exc)
         return 1
     print(json.dumps(counts))
+    return 0
+
+
+def _reapply(settings: Settings, path: Path) -> int:
+    from recsink.retention import reapply_log
+
+    logs.configure(settings.log.level, _log_secrets(settings), stream=sys.stderr)
+    try:
+        report = asyncio.run(reapply_log(settings, path))
+    except OSError as exc:
+        print(f"recsink: cannot read the erasure log {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        logs.get_logger().error("reapply.failed", error=str(exc), exc_info=exc)
+        return 1
+    print(json.dumps(report))
     return 0
 
 

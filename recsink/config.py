@@ -20,6 +20,7 @@ import ipaddress
 import re
 import string
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -695,12 +696,87 @@ class FetchSettings(_Section):
         return entries
 
 
-class ApiSettings(_Section):
-    """``[api]``: the read-only recording API under ``/v1``."""
+#: What an API token may do: ``read`` (every GET, and the webhook delivery routes),
+#: ``delete`` (DELETE /v1/recordings/{id}, POST /v1/erasures), ``hold`` (legal holds).
+Scope = Literal["read", "delete", "hold"]
 
-    #: Bearer tokens for ``/v1/recordings``. Empty: the upload credentials of ``[auth]``
-    #: apply instead.
-    tokens: list[SecretStr] = []
+
+class ApiToken(_Section):
+    """A named, scoped API token: ``{ name = "…", token = "…", scopes = [...] }``."""
+
+    #: What log lines name the token by (the token itself never shows).
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    token: SecretStr
+    scopes: list[Scope] = ["read"]
+
+    @field_validator("token")
+    @classmethod
+    def _not_empty(cls, token: SecretStr) -> SecretStr:
+        if not token.get_secret_value():
+            raise ValueError("must not be empty")
+        return token
+
+
+class ApiSettings(_Section):
+    """``[api]``: the recording API under ``/v1``."""
+
+    #: Bearer tokens for ``/v1/…``: plain strings (scope ``read``, named ``token-<n>`` by
+    #: their index in logs), or tables ``{ name, token, scopes }`` (:class:`ApiToken`). A
+    #: request without the scope a route needs gets 403 ``missing_scope``. Empty: the
+    #: upload credentials of ``[auth]`` apply instead, with scope ``read`` only.
+    tokens: list[SecretStr | ApiToken] = []
+
+    @property
+    def named(self) -> list[ApiToken]:
+        """``tokens``, every entry as an :class:`ApiToken`."""
+        return [t if isinstance(t, ApiToken) else ApiToken(name=f"token-{n}", token=t)
+                for n, t in enumerate(self.tokens)]
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: list[SecretStr | ApiToken]) -> list[SecretStr | ApiToken]:
+        names = [t.name for t in tokens if isinstance(t, ApiToken)]
+        if len(names) != len(set(names)):
+            raise ValueError("token names must be unique")
+        return tokens
+
+
+class RetentionRule(_Section):
+    """``[[retention.rules]]``: how long recordings are kept; the first rule whose filters
+    match a recording applies."""
+
+    #: Only recordings from this source (kazoo, sinch, laml); empty: any.
+    source: str = ""
+    #: Only recordings of this account id; empty: any.
+    account_id: str = ""
+    #: How long to keep them, counted from ``received_at``: an ISO 8601 duration
+    #: (``P90D``, ``PT12H``; a year counts 365 days, a month 30) or seconds (a number).
+    keep: timedelta
+
+    @field_validator("keep")
+    @classmethod
+    def _positive(cls, keep: timedelta) -> timedelta:
+        if keep <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return keep
+
+
+class RetentionSettings(_Section):
+    """``[retention]``: deleting recordings after their retention period, and erasures
+    (README "Retention, erasure and legal hold")."""
+
+    #: Seconds between retention sweeps (on every instance; each recording is deleted by
+    #: one instance).
+    sweep_interval: float = Field(300.0, gt=0)
+    #: Seconds before the sweeper tries again to delete an object storage refused to
+    #: delete (S3 Object Lock).
+    retry_interval: float = Field(3600.0, gt=0)
+    #: The rules, in order; a recording no rule matches is kept for ever.
+    rules: list[RetentionRule] = []
+    #: Every erasure is appended (JSON lines, fsynced) to this file, outside the catalog
+    #: and the storage, for ``recsink erasures reapply`` after a restore. Keep it with your
+    #: compliance records; it holds each erasure's selector (a number, an account, a call).
+    erasure_log: Path = Path("var/erasures.jsonl")
 
 
 def _webhook_secret(secret: SecretStr) -> SecretStr:
@@ -719,7 +795,8 @@ def _webhook_secret(secret: SecretStr) -> SecretStr:
 
 
 #: The events recsink sends (specs/webhooks.md).
-WebhookEvent = Literal["recording.completed", "recording.failed", "recording.discarded"]
+WebhookEvent = Literal["recording.completed", "recording.failed", "recording.discarded",
+                       "recording.deleted"]
 
 
 class WebhookEndpoint(_Section):
@@ -833,6 +910,7 @@ class Settings(BaseSettings):
     sendbird: SendbirdSettings = SendbirdSettings()
     fetch: FetchSettings = FetchSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    retention: RetentionSettings = RetentionSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -864,7 +942,7 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """Every configured secret value, for the log redactor."""
         values = [c.password for c in self.auth.basic]
-        values += [t.token for t in self.auth.bearer + self.auth.url] + self.api.tokens
+        values += [t.token for t in self.auth.bearer + self.auth.url + self.api.named]
         secrets = [s.get_secret_value() for s in values if s.get_secret_value()]
         for credentials in [self.storage.s3.credentials,
                             *(b.credentials for b in self.fetch.buckets)]:

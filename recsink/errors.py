@@ -92,6 +92,11 @@ class UnsupportedEncoding(RecsinkError):
     recsink stores bodies exactly as sent and never decodes them."""
 
 
+class Locked(RecsinkError):
+    """The recording may not be deleted: a legal hold is on it (``legal_hold``), or
+    storage refuses to remove its object (``object_locked``: S3 Object Lock)."""
+
+
 class Unavailable(RecsinkError):
     """recsink cannot do it now (storage, catalog, another instance busy with the same
     recording, stopping); nothing was kept. Try again in ``retry_after`` seconds."""

@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 from recsink.errors import (
     Forbidden,
     Full,
+    Locked,
     Malformed,
     NotAudio,
     NotFound,
@@ -33,6 +34,7 @@ STATUSES: Final[dict[type[RecsinkError], int]] = {
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
+    Locked: 409,
     Stalled: 408,
     TooLarge: 413,
     NotAudio: 415,

@@ -87,7 +87,10 @@ class Shipper:
             held, storage_key=stored.key, storage_url=stored.url, ship_state="shipped",
             ship_error=None, next_ship_at=None, ship_spool=None, upload_key=None,
             upload_id=None)
-        await self.storage.spool.delete(record.storage_key)
+        try:
+            await self.storage.spool.delete(record.storage_key)
+        except RecsinkError as exc:  # shipped; the copy left is swept with the spool
+            self._log.warning("spool.delete_failed", id=record.id, error=exc.reason())
         self.storage.mark_reachable()
         self._log.info("recording.shipped", id=record.id, call_id=record.call_id,
                        recording_id=record.recording_id, storage_key=stored.key,

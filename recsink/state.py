@@ -26,6 +26,7 @@ from recsink.storage import Storage
 
 if TYPE_CHECKING:  # the source modules use these keys: no runtime import back to them
     from recsink.fetch import Fetcher
+    from recsink.retention import Retention
     from recsink.sources.laml import LamlVerifier
     from recsink.sources.sendbird_polls import Sendbird
     from recsink.sources.sinch import SinchVerifier
@@ -92,6 +93,7 @@ SINCH: web.AppKey[SinchVerifier] = web.AppKey("sinch")
 LAML: web.AppKey[LamlVerifier] = web.AppKey("laml")
 WEBHOOKS: web.AppKey[Dispatcher] = web.AppKey("webhooks")
 SENDBIRD: web.AppKey[Sendbird] = web.AppKey("sendbird")
+RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 SERVING = web.AppKey("serving", Serving)
 GATE = web.AppKey("gate", UploadGate)
 

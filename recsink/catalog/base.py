@@ -13,6 +13,7 @@ lease still holds it, else raises :class:`LeaseLost`.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from recsink.catalog import outbox, polls, sql
 from recsink.catalog.group import Row
 from recsink.catalog.outbox import Delivery, DeliveryState, Event
 from recsink.catalog.polls import Poll, PollKind, PollState
-from recsink.catalog.records import Queue, Recording, Status, utcnow
+from recsink.catalog.records import Queue, Recording, Status, iso, utcnow
 from recsink.errors import Full, RecsinkError, Unavailable
 
 #: The end of an insert statement, or what makes it from the inserted columns.
@@ -81,6 +82,8 @@ class Catalog(abc.ABC):
         self._transition_matching: Tail = partial(sql.transition, dialect, matching=True)
         #: (tail, inserted columns) -> the statement in this dialect.
         self._inserts: dict[tuple[Tail, tuple[str, ...]], str] = {}
+        #: Retention rules' shapes -> their claim statement.
+        self._expired: dict[tuple[tuple[bool, bool], ...], str] = {}
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -279,6 +282,123 @@ class Catalog(abc.ABC):
     async def delete(self, record_id: str) -> None:
         await self._write(self.dialect.sql("DELETE FROM recordings WHERE id = :id "
                                            "RETURNING id"), {"id": record_id})
+
+    # -- deletion, holds, erasures (recsink.retention) ----------------------------------------
+
+    async def lock_for_deletion(self, record_id: str, owner: str,
+                                ttl: float) -> Recording | None:
+        """Lease the record ``record_id`` to ``owner`` for ``ttl`` seconds to delete it:
+        only a record that is not deleted, not held, not worked on by anyone and has no
+        spooled copy waiting; None otherwise (read it to know why)."""
+        now = utcnow()
+        encode = self.dialect.encode_time
+        rows = await self._write(self.dialect.sql(sql.LOCK_FOR_DELETION), {
+            "_owner": owner, "_until": encode(now + timedelta(seconds=ttl)),
+            "_now": encode(now), "_id": record_id})
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def claim_expired(self, rules: Sequence[tuple[str | None, str | None, datetime]],
+                            owner: str, ttl: float, limit: int,
+                            now: datetime | None = None) -> list[Recording]:
+        """Lease up to ``limit`` settled records past their retention to ``owner`` for
+        ``ttl`` seconds, oldest first (PostgreSQL: rows others are claiming are skipped).
+        ``rules``: (source or None, account id or None, cutoff: UTC) in order; the first
+        rule whose filters match a record decides, and it is expired when received before
+        that rule's cutoff. Held records, spooled ones and ones storage refused until their
+        ``next_delete_at`` are left out."""
+        if not rules:
+            return []
+        shape = tuple((source is not None, account is not None)
+                      for source, account, _ in rules)
+        statement = self._expired.get(shape)
+        if statement is None:
+            statement = self._expired[shape] = sql.expired(self.dialect, shape)
+        now = now or utcnow()
+        encode = self.dialect.encode_time
+        args: dict[str, Any] = {"_owner": owner, "_limit": limit, "_now": encode(now),
+                                "_until": encode(utcnow() + timedelta(seconds=ttl))}
+        for n, (source, account, cutoff) in enumerate(rules):
+            args.update({f"_source{n}": source, f"_account{n}": account,
+                         f"_cutoff{n}": encode(cutoff)})
+        return [self.dialect.decode(r) for r in await self._write(statement, args)]
+
+    async def hold(self, record_id: str, reason: str) -> Recording | None:
+        """Put a legal hold on ``record_id`` (a new reason replaces the old one; ``since``
+        stays); None when there is no such record or it is a tombstone."""
+        now = self.dialect.encode_time(utcnow())
+        rows = await self._write(self.dialect.sql(
+            "UPDATE recordings SET hold_reason = :reason, updated_at = :now, "  # noqa: S608
+            "hold_since = COALESCE(hold_since, :now) "
+            f"WHERE id = :_id AND status <> 'deleted'{sql.RETURNING}"),
+            {"reason": reason, "now": now, "_id": record_id})
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def release_hold(self, record_id: str) -> Recording | None:
+        """Lift the legal hold of ``record_id``; None when there is no such record."""
+        now = self.dialect.encode_time(utcnow())
+        rows = await self._write(self.dialect.sql(
+            "UPDATE recordings SET hold_reason = NULL, hold_since = NULL, "  # noqa: S608
+            "updated_at = :now "
+            f"WHERE id = :_id{sql.RETURNING}"), {"now": now, "_id": record_id})
+        return self.dialect.decode(rows[0]) if rows else None
+
+    async def erasure_candidates(self, selector: str, value: str, after: str = "",
+                                 limit: int = 100) -> list[Recording]:
+        """Records that are not tombstones and may match an erasure, ordered by id, after
+        id ``after``. ``selector``: ``call_id`` or ``account_id`` (equal to ``value``), or
+        ``number``: ``value`` is a LIKE pattern looked for in the from and to URIs and the
+        metadata's text (the caller checks each candidate exactly)."""
+        if selector == "number":
+            where = ("(from_uri LIKE :value OR to_uri LIKE :value "
+                     "OR CAST(metadata AS TEXT) LIKE :value)")
+        else:
+            assert selector in ("call_id", "account_id")
+            where = f"{selector} = :value"
+        rows = await self._read(self.dialect.sql(
+            f"{sql.SELECT} WHERE status <> 'deleted' AND id > :after AND {where} "
+            "ORDER BY id LIMIT :limit"), {"value": value, "after": after, "limit": limit})
+        return [self.dialect.decode(r) for r in rows]
+
+    async def add_erasure(self, erasure: Mapping[str, Any]) -> None:
+        """Record an applied erasure: ``id``, ``selector``, ``value``, ``matched``,
+        ``deleted``, ``held`` and ``failed`` (lists of record ids), ``requested_by``,
+        ``created_at`` (UTC). Applying one again updates its counts."""
+        values = dict(erasure)
+        values["held"] = json.dumps(values["held"])
+        values["failed"] = json.dumps(values["failed"])
+        values["created_at"] = self.dialect.encode_time(values["created_at"])
+        columns = ", ".join(values)
+        marks = ", ".join(f":{c}" for c in values)
+        await self._write(self.dialect.sql(
+            f"INSERT INTO erasures ({columns}) VALUES ({marks}) "  # noqa: S608
+            "ON CONFLICT (id) DO UPDATE SET matched = excluded.matched, "
+            "deleted = excluded.deleted, held = excluded.held, failed = excluded.failed "
+            "RETURNING id"), values)
+
+    async def erasures(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Recorded erasures, newest first, as the API shows them."""
+        rows = await self._read(self.dialect.sql(
+            "SELECT id, selector, value, matched, deleted, held, failed, requested_by, "
+            "created_at FROM erasures ORDER BY created_at DESC, id LIMIT :limit"),
+            {"limit": limit})
+        return [{"id": r[0], "selector": {r[1]: r[2]}, "matched": r[3], "deleted": r[4],
+                 "held": json.loads(r[5]), "failed": json.loads(r[6]),
+                 "requested_by": r[7], "created_at": iso(outbox.decode_time(r[8]))}
+                for r in rows]
+
+    async def scrub_deliveries(self, record_id: str,
+                               rewrite: Callable[[str], str]) -> int:
+        """Rewrite the stored body of every webhook delivery of ``record_id`` with
+        ``rewrite(body)`` (a deleted recording's deliveries keep no personal data); how
+        many were rewritten."""
+        rows = await self._read(self.dialect.sql(
+            "SELECT id, body FROM webhook_deliveries WHERE record_id = :id"),
+            {"id": record_id})
+        for delivery_id, body in rows:
+            await self._write(self.dialect.sql(
+                "UPDATE webhook_deliveries SET body = :body WHERE id = :id RETURNING id"),
+                {"body": rewrite(body), "id": delivery_id})
+        return len(rows)
 
     # -- the webhook outbox (recsink.catalog.outbox, recsink.webhooks) -----------------------
 

@@ -1,7 +1,9 @@
 """A recording's record: its fields, statuses, and the shapes it is served and stored in.
 
 Statuses (DESIGN.md "Status model"): ``recording`` → ``uploading`` → ``completed`` |
-``failed``; ``discarded`` when a policy drops a recording on purpose.
+``failed``; ``discarded`` when a policy drops a recording on purpose; ``deleted``: a
+**tombstone** (:meth:`Recording.tombstone`) after retention, an API delete or an erasure
+(:mod:`recsink.retention`).
 
 Besides what the API serves, a record carries the catalog's bookkeeping: the **lease** of
 whoever works on it now (an upload, a pull, the shipper, a settle: ``lease_owner`` until
@@ -29,10 +31,25 @@ class Status(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     DISCARDED = "discarded"
+    DELETED = "deleted"
 
 
-#: A recording in one of these states is settled: a repeat of it is a duplicate.
-SETTLED = frozenset({Status.COMPLETED, Status.DISCARDED})
+#: A recording in one of these states is settled: a repeat of it is a duplicate (a
+#: deleted one's repeat stores nothing and answers the tombstone).
+SETTLED = frozenset({Status.COMPLETED, Status.DISCARDED, Status.DELETED})
+
+#: What a tombstone keeps of its record (besides the deletion's own columns): who it was
+#: for recsink and the sender (ids, source, idempotency key: a retry of it stores nothing),
+#: the content's sha256, when it arrived, and audio facts that say nothing about anyone.
+#: Every other column is cleared: numbers, names, call and account ids, times of the call,
+#: metadata, storage key and URL (the key template holds ids), pull URL, errors (they may
+#: quote any of these), shipping and upload bookkeeping, the hold.
+TOMBSTONE_KEEPS = frozenset({
+    "id", "source", "status", "received_at", "idempotency_key", "recording_id", "sha256",
+    "byte_size", "duration_ms", "media_type", "format", "channels", "sample_rate",
+    "attempts", "updated_at", "deleted_at", "deletion_reason", "lease_owner", "lease_until",
+    "pull_attempts", "ship_attempts",
+})
 
 Queue = Literal["pull", "ship", "settle"]
 """Work kept in the catalog and claimed row by row (:meth:`~recsink.catalog.Catalog.claim`):
@@ -124,6 +141,17 @@ class Recording:
     #: The S3 multipart upload an upload of this record has open (object key, upload id).
     upload_key: str | None = None
     upload_id: str | None = None
+    #: A tombstone's deletion: when (UTC) and why (``retention``, ``api``,
+    #: ``erasure:<era_id>``).
+    deleted_at: datetime | None = None
+    deletion_reason: str | None = None
+    #: A legal hold: why, and since when (UTC). A held recording is never deleted.
+    hold_reason: str | None = None
+    hold_since: datetime | None = None
+    #: Why storage refused the last retention attempt (Object Lock), and when (UTC) the
+    #: sweeper tries again.
+    delete_error: str | None = None
+    next_delete_at: datetime | None = None
 
     @property
     def settled(self) -> bool:
@@ -170,7 +198,22 @@ class Recording:
             "pull": None if self.pull_state is None else {
                 "state": self.pull_state, "attempts": self.pull_attempts,
                 "next_attempt_at": iso(self.next_pull_at), "error": self.pull_error},
+            "hold": None if self.hold_reason is None else {
+                "reason": self.hold_reason, "since": iso(self.hold_since)},
+            "deleted_at": iso(self.deleted_at),
+            "deletion_reason": self.deletion_reason,
+            "deletion_error": self.delete_error,
         }
+
+    def tombstone(self, reason: str, when: datetime) -> dict[str, Any]:
+        """The columns that turn this record into a tombstone deleted ``when`` (UTC) for
+        ``reason``: status ``deleted``, every column not in :data:`TOMBSTONE_KEEPS` cleared
+        (None; metadata ``{}``; counters kept)."""
+        values: dict[str, Any] = {
+            name: None for name in self.__dataclass_fields__ if name not in TOMBSTONE_KEEPS}
+        values.update(status=Status.DELETED, deleted_at=when, deletion_reason=reason,
+                      metadata={})
+        return values
 
     def queue_pull(self, url: str) -> None:
         """Mark the recording as one recsink copies from ``url`` (:mod:`recsink.fetch`):

@@ -24,7 +24,7 @@ FIELDS = tuple(f.name for f in fields(Recording))
 #: Values every driver takes as they are.
 _PLAIN = frozenset({str, int, float, bool})
 TIMES = frozenset({"received_at", "started_at", "stopped_at", "updated_at", "next_ship_at",
-                   "next_pull_at", "lease_until"})
+                   "next_pull_at", "lease_until", "deleted_at", "hold_since", "next_delete_at"})
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
@@ -121,7 +121,7 @@ def insert(columns: tuple[str, ...]) -> str:
     return f"INSERT INTO recordings ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608
 #: How far along each status is; platform events only ever move a recording forward.
 PROGRESS = {Status.RECORDING: 0, Status.UPLOADING: 1, Status.COMPLETED: 2,
-            Status.FAILED: 2, Status.DISCARDED: 2}
+            Status.FAILED: 2, Status.DISCARDED: 2, Status.DELETED: 3}
 FREE = "(recordings.lease_until IS NULL OR recordings.lease_until < :_now)"
 
 #: The tails of the statements that insert (see :func:`insert`).
@@ -159,6 +159,7 @@ def _rank(column: str) -> str:
 
 
 _FORWARD = f"{_rank('excluded.status')} > {_rank('recordings.status')}"
+_DELETED = "recordings.status = 'deleted'"
 _NOT_FILLED = {"id", "idempotency_key", "status", "metadata", "received_at", "updated_at",
                "attempts", "ship_attempts", "pull_attempts", "lease_owner", "lease_until",
                "upload_key", "upload_id"}
@@ -168,10 +169,14 @@ def transition(dialect: Dialect, columns: tuple[str, ...], *, matching: bool) ->
     """(The tail of) inserting a platform's event of ``columns``, or moving the key's row
     forward, filling what it lacks of them and merging metadata; with ``matching``, only a
     row whose metadata has no value or the same value under the key in ``:_key``."""
-    fill = ", ".join(f"{c} = COALESCE(recordings.{c}, excluded.{c})"
+    # A tombstone takes nothing from a late event: its cleared fields stay cleared.
+    fill = ", ".join(f"{c} = CASE WHEN {_DELETED} THEN recordings.{c} "
+                     f"ELSE COALESCE(recordings.{c}, excluded.{c}) END"
                      for c in columns if c not in _NOT_FILLED)
     fill = fill + ", " if fill else ""
-    merged = dialect.json_merge.format(old="recordings.metadata", new="excluded.metadata")
+    merged = (f"CASE WHEN {_DELETED} THEN recordings.metadata ELSE "
+              + dialect.json_merge.format(old="recordings.metadata", new="excluded.metadata")
+              + " END")
     sql = (f" ON CONFLICT (idempotency_key) DO UPDATE SET {fill}"
            f"metadata = {merged}, "
            f"updated_at = CASE WHEN {_FORWARD} THEN excluded.updated_at "
@@ -217,3 +222,38 @@ def pending(queue: Queue) -> str:
              "ship": "ship_state = 'pending' AND (ship_spool = :_spool OR ship_spool IS NULL)",
              "settle": "lease_owner IS NOT NULL"}[queue]
     return f"SELECT COUNT(*) AS n FROM recordings WHERE {where}"  # noqa: S608
+
+
+# -- deletion (recsink.retention) ---------------------------------------------------------
+
+#: A row that may be deleted now: not a tombstone, not held, nobody working on it, no
+#: spooled copy waiting to be shipped (it sits on one instance's disk), and (for the
+#: sweeper) not refused by storage recently.
+DELETABLE = (f"recordings.status <> 'deleted' AND recordings.hold_reason IS NULL AND {FREE} "
+             "AND (recordings.ship_state IS NULL OR recordings.ship_state <> 'pending')")
+
+#: Hold one deletable row (by id) for its deletion.
+LOCK_FOR_DELETION = (
+    "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
+    f"WHERE id = :_id AND {DELETABLE}{RETURNING}")
+
+
+def expired(dialect: Dialect, rules: Sequence[tuple[bool, bool]]) -> str:
+    """Lease up to ``:_limit`` settled rows past their retention to ``:_owner`` until
+    ``:_until``, oldest first. ``rules``: whether each rule filters by source and by
+    account; rule ``n`` reads ``:_source<n>``, ``:_account<n>`` and ``:_cutoff<n>`` (rows
+    received before it are expired). The first rule whose filters match a row decides
+    (a CASE); a row no rule matches is kept."""
+    arms = []
+    for n, (source, account) in enumerate(rules):
+        match = " AND ".join([*([f"source = :_source{n}"] if source else []),
+                              *([f"account_id = :_account{n}"] if account else [])]) or "1 = 1"
+        arms.append(f"WHEN {match} THEN (CASE WHEN received_at < :_cutoff{n} "
+                    "THEN 1 ELSE 0 END)")
+    due = (f"status IN ('completed', 'discarded', 'failed') AND {DELETABLE} "
+           "AND (next_delete_at IS NULL OR next_delete_at <= :_now) "
+           f"AND (CASE {' '.join(arms)} ELSE 0 END) = 1")
+    return dialect.sql(
+        "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
+        f"WHERE id IN (SELECT id FROM recordings WHERE {due} ORDER BY received_at "
+        f"LIMIT :_limit{dialect.skip_locked}){RETURNING}")

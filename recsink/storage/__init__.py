@@ -18,7 +18,9 @@ Ingest writes a recording through a :class:`Staging` object:
    :class:`CommitUncertain`: the object may be there, and whoever settles the record finds
    out with :meth:`Storage.find`. :meth:`Staging.abort` throws the staged bytes away.
 
-Reads go through :meth:`Storage.read`; :meth:`Storage.delete` removes an object. Everything
+Reads go through :meth:`Storage.read`; :meth:`Storage.delete` removes an object for good
+(retention, erasure: :mod:`recsink.retention`), or says the store refuses to
+(:class:`ObjectLocked`). Everything
 else a backend needs (the S3 spool and its shipping, multipart bookkeeping) lives inside it.
 Keys are relative, ``/``-separated, already sanitized names (:mod:`recsink.storage.keys`).
 
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from recsink.errors import Full, RecsinkError, Unavailable
+from recsink.errors import Full, Locked, RecsinkError, Unavailable
 
 #: Bytes to write: ``bytes``, or a ``memoryview`` of a buffer the writer reuses.
 Buffer = bytes | memoryview
@@ -56,6 +58,14 @@ class StorageFull(StorageError, Full):
 
     def __init__(self, detail: str) -> None:
         super().__init__("storage_full", detail)
+
+
+class ObjectLocked(StorageError, Locked):
+    """The store refuses to delete the object (S3 Object Lock: a retention period or a
+    legal hold of the bucket's own); it is still there."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("object_locked", detail)
 
 
 class CommitUncertain(StorageUnavailable):
@@ -156,8 +166,12 @@ class Storage(Protocol):
     def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
         """Stream the object's bytes. Raises :class:`StorageError`."""
 
-    async def delete(self, key: str) -> None:
-        """Remove the object at ``key``. Never raises; a missing object is fine."""
+    async def delete(self, key: str) -> bool:
+        """Remove the object at ``key`` for good (disk: the file, its directory fsynced;
+        S3: the object, and in a versioned bucket the version recsink wrote). True when it
+        was removed, False when there was none (already gone is success). Raises
+        :class:`ObjectLocked` when the store refuses, :class:`StorageError` when it
+        cannot be reached."""
 
     async def discard(self, upload: MultipartUpload) -> None:
         """Abort a multipart upload an interrupted upload left open (already gone is fine).

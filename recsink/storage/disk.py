@@ -294,14 +294,26 @@ class DiskStorage:
         except OSError as exc:
             raise _storage_error(exc, f"reading {key}") from exc
 
-    async def delete(self, key: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            await asyncio.to_thread(self._unlink, self.path(key))
+    async def delete(self, key: str) -> bool:
+        try:
+            path = self.path(key)
+        except ValueError:
+            return False
+        try:
+            return await asyncio.to_thread(self._unlink, path)
+        except OSError as exc:
+            raise _storage_error(exc, f"deleting {key}") from exc
 
-    def _unlink(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
+    def _unlink(self, path: Path) -> bool:
+        """Blocking: unlink ``path`` and fsync its directory; False when it was not
+        there."""
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
         if self.fsync:
             _fsync_dir(path.parent)
+        return True
 
     async def find(self, key: str) -> Found | None:
         """The file at ``key`` with its size and sha256; with ``fsync`` on, the file and

@@ -59,6 +59,7 @@ from recsink.storage import (
     Found,
     KeyTaken,
     MultipartUpload,
+    ObjectLocked,
     OnUpload,
     StorageError,
     StorageUnavailable,
@@ -76,6 +77,7 @@ from recsink.storage.s3client import (
     decode_metadata,
     encode_metadata,
     error_code,
+    http_status,
     is_conflict,
     is_missing,
     is_unreachable,
@@ -525,11 +527,34 @@ class S3Storage:
                     "spool)") from exc
             raise as_storage_error(exc, "GetObject") from exc
 
-    async def delete(self, key: str) -> None:
-        with contextlib.suppress(*S3_ERRORS):
-            await self.client.delete_object(
-                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
-        await self.spool.delete(key)
+    async def delete(self, key: str) -> bool:
+        """The spooled copy and the object. In a versioned bucket the version the object's
+        HEAD names is deleted (a plain DeleteObject would only hide it behind a delete
+        marker), which S3 Object Lock refuses (403 AccessDenied: :class:`ObjectLocked`);
+        older versions of the key, if anything else wrote them, stay until the bucket's
+        lifecycle removes them."""
+        spooled = await self.spool.delete(key)
+        bucket, object_key = self.destination.bucket, self.destination.object_key(key)
+        try:
+            head = await self.client.head_object(Bucket=bucket, Key=object_key)
+        except S3_ERRORS as exc:
+            if is_missing(exc):
+                return spooled
+            raise as_storage_error(exc, "HeadObject") from exc
+        version = head.get("VersionId")
+        options: dict[str, Any] = (
+            {"VersionId": version} if version and version != "null" else {})
+        try:
+            await self.client.delete_object(Bucket=bucket, Key=object_key, **options)
+        except S3_ERRORS as exc:
+            if is_missing(exc):
+                return spooled
+            if error_code(exc) == "AccessDenied" or http_status(exc) == 403:
+                raise ObjectLocked(f"S3 refuses to delete {key}: {exc} (Object Lock "
+                                   "retention or legal hold, or no s3:DeleteObject"
+                                   f"{'Version' if options else ''} permission)") from exc
+            raise as_storage_error(exc, "DeleteObject") from exc
+        return True
 
     async def discard(self, upload: MultipartUpload) -> None:
         try:
