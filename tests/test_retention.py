@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,7 +108,8 @@ def record(server: RunningServer, record_id: str) -> dict[str, Any]:
 def assert_tombstone(resource: dict[str, Any], kept: dict[str, Any], reason: str) -> None:
     """``resource`` is a tombstone for ``reason`` keeping ids, source and sha256 only."""
     assert resource["status"] == "deleted"
-    assert resource["deletion_reason"] == reason and resource["deleted_at"]
+    assert resource["deletion_reason"] == reason
+    assert resource["deleted_at"]
     for name in ("id", "source", "recording_id", "sha256"):
         assert resource[name] == kept[name]
     for name in PERSONAL:
@@ -127,7 +128,8 @@ def test_keep_3_deletes_older_recordings_and_keeps_younger_and_held_ones(site: S
     old = [upload(server, f"old-{n}", f"rid-old-{n}", tone=300 + n) for n in range(3)]
     status, held = api(server, "PUT", f"/v1/recordings/{old[2]['id']}/hold",
                        {"reason": "dispute 42"})
-    assert status == 200 and held["hold"]["reason"] == "dispute 42"
+    assert status == 200
+    assert held["hold"]["reason"] == "dispute 42"
     # The old ones are 2 s old (the age is what is tested), then young ones arrive.
     received = datetime.fromisoformat(old[-1]["received_at"])
     wait_for(lambda: (datetime.now(received.tzinfo) - received).total_seconds() >= 2.0)
@@ -161,11 +163,13 @@ def test_erasure_by_call_account_and_number_reports_held_ones(site: Start) -> No
         == 200
 
     status, erased = api(server, "POST", "/v1/erasures", {"call_id": "call-x"})
-    assert status == 202 and (erased["matched"], erased["deleted"], erased["held"]) == (
+    assert status == 202
+    assert (erased["matched"], erased["deleted"], erased["held"]) == (
         2, 2, [])
     assert erased["id"].startswith("era_")
     status, erased = api(server, "POST", "/v1/erasures", {"account_id": ACCOUNT_B})
-    assert status == 202 and (erased["matched"], erased["deleted"]) == (2, 2)
+    assert status == 202
+    assert (erased["matched"], erased["deleted"]) == (2, 2)
     status, erased = api(server, "POST", "/v1/erasures", {"number": "+4930999999"})
     assert status == 202
     assert (erased["matched"], erased["deleted"], erased["held"]) == (3, 2, [held["id"]])
@@ -175,7 +179,8 @@ def test_erasure_by_call_account_and_number_reports_held_ones(site: Start) -> No
     assert record(server, held["id"])["status"] == "completed"
     assert record(server, bystander["id"])["status"] == "completed"
     status, listed = api(server, "GET", "/v1/erasures", token=READER)
-    assert status == 200 and len(listed["erasures"]) == 3
+    assert status == 200
+    assert len(listed["erasures"]) == 3
     log = Path(server.workdir / "var" / "erasures.jsonl").read_text().splitlines()
     assert [json.loads(line)["selector"] for line in log] == [
         {"call_id": "call-x"}, {"account_id": ACCOUNT_B}, {"number": "+4930999999"}]
@@ -197,7 +202,8 @@ def test_tombstone_has_no_personal_data_and_a_retry_stores_nothing(site: Start) 
     assert_tombstone(tombstone, first, "api")
     assert len(running.objects()) == 1
     retry = upload(server, "call-t", "rid-t")
-    assert retry["id"] == first["id"] and retry["status"] == "deleted"
+    assert retry["id"] == first["id"]
+    assert retry["status"] == "deleted"
     assert_tombstone(retry, first, "api")
     assert len(running.objects()) == 1
     assert api(server, "DELETE", f"/v1/recordings/{first['id']}")[0] == 200  # idempotent
@@ -205,7 +211,8 @@ def test_tombstone_has_no_personal_data_and_a_retry_stores_nothing(site: Start) 
     status, refused = api(server, "DELETE", f"/v1/recordings/{held['id']}")
     assert (status, refused["error"]) == (409, "legal_hold")
     status, released = api(server, "DELETE", f"/v1/recordings/{held['id']}/hold")
-    assert status == 200 and released["hold"] is None
+    assert status == 200
+    assert released["hold"] is None
     assert api(server, "DELETE", f"/v1/recordings/{held['id']}")[0] == 200
     assert running.objects() == []
     deleted = server.events("recording.deleted")
@@ -228,7 +235,8 @@ def test_a_read_only_token_gets_403_on_delete_hold_and_erasure(site: Start) -> N
         status, refused = api(server, method, target, body, token=READER)
         assert (status, refused["error"]) == (403, "missing_scope"), (method, target)
     current = record(server, stored["id"])
-    assert current["status"] == "completed" and current["hold"] is None
+    assert current["status"] == "completed"
+    assert current["hold"] is None
     assert len(running.objects()) == 1
     assert READER not in server.log_path.read_text()
     assert {e.get("token") for e in server.events("request.rejected")} == {"token-1"}
@@ -315,12 +323,16 @@ def test_an_object_locked_by_s3_stays_completed_and_is_retried(
     s3.put_object_legal_hold(Bucket=bucket, Key=key, LegalHold={"Status": "OFF"})
     wait_for(lambda: record(server, stored["id"])["status"] == "deleted")
     versions = s3.list_object_versions(Bucket=bucket)
-    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+    assert not versions.get("Versions")
+    assert not versions.get("DeleteMarkers")
 
 
 @pytest.fixture
 def two_on_postgres(start_server: Callable[..., RunningServer], pg_dsn: str, moto: MotoServer,
-                    bucket: str, tmp_path: Path) -> Iterator[Callable[..., list[RunningServer]]]:
+                    bucket: str, tmp_path: Path) -> Callable[..., list[RunningServer]]:
+    """``two_on_postgres(**sections)``: instances a and b on the test's PostgreSQL database
+    and bucket (stopped by pid at the end)."""
+
     def start(**sections: Any) -> list[RunningServer]:
         servers = []
         for name in "ab":
@@ -329,7 +341,7 @@ def two_on_postgres(start_server: Callable[..., RunningServer], pg_dsn: str, mot
             servers.append(start_server(name, **merge(config, sections)))
         return servers
 
-    yield start
+    return start
 
 
 def test_two_instances_on_postgres_never_delete_one_recording_twice(
