@@ -22,6 +22,7 @@ import tomli_w
 
 from recsink.config import Settings, forbidden
 from tests.conftest import (
+    ACCOUNT,
     REPO,
     RunningServer,
     api_get,
@@ -365,3 +366,35 @@ def test_link_local_and_metadata_receivers_are_refused() -> None:
     assert [forbidden(a) for a in ("169.254.169.254", "fe80::1%eth0", "0.0.0.0",
                                    "fd00:ec2::254", "127.0.0.1", "10.0.0.1", "::1")] == [
         True, True, True, True, False, False, False]
+
+
+def test_a_deletion_sends_recording_deleted_with_the_tombstone_only(
+    start_server: Callable[..., RunningServer], receivers: Receivers,
+) -> None:
+    """``DELETE /v1/recordings/{id}`` sends ``recording.deleted`` (after the recording's
+    ``recording.completed``) whose data is the tombstone: status deleted with its reason,
+    the sha256 kept, no call id, account or file name; both deliveries are listed."""
+    secret, token = new_secret(), "delete-scoped-token"
+    receiver = receivers(secret)
+    server = start_server(**hooks(receiver.url, secret),
+                          api={"tokens": [{"name": "dpo", "token": token,
+                                           "scopes": ["read", "delete"]}]})
+    record_id, sha256 = upload(server, 1)
+    received(receiver, 1)
+    reply = exchange(server.port, f"DELETE /v1/recordings/{record_id} HTTP/1.1\r\nhost: x\r\n"
+                     f"authorization: Bearer {token}\r\n\r\n".encode())
+    assert reply.status == 200, reply.body
+    completed, deleted = (json.loads(r["body"]) for r in received(receiver, 2))
+    assert (completed["type"], deleted["type"]) == ("recording.completed", "recording.deleted")
+    assert all(r["verified"] == [True] for r in receiver.requests())
+    data = deleted["data"]
+    assert (data["id"], data["status"], data["sha256"]) == (record_id, "deleted", sha256)
+    assert data["deletion_reason"] == "api"
+    text = json.dumps(data)
+    for personal in ("hook-call-1", ACCOUNT, "call_recording_"):
+        assert personal not in text
+    listed = exchange(server.port, b"GET /v1/webhooks/deliveries HTTP/1.1\r\nhost: x\r\n"
+                      b"authorization: Bearer " + token.encode() + b"\r\n\r\n").json()
+    assert sorted(d["type"] for d in listed["deliveries"]) == [
+        "recording.completed", "recording.deleted"]
+    assert token not in server.log_path.read_text()
