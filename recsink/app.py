@@ -62,6 +62,10 @@ def create_app(settings: Settings) -> web.Application:
     if settings.sendbird.enabled:  # else its path is not routed: 404
         sendbird.add_routes(app, settings.sendbird.path)
     api.add_routes(app)
+    if settings.ui.enabled:
+        from recsink import ui
+
+        ui.add_routes(app)
     return app
 
 

@@ -57,7 +57,7 @@ KEY_TEMPLATE_FIELDS = frozenset(
 
 
 #: First path segments recsink serves itself, never Kazoo prefixes.
-RESERVED_ROUTES = frozenset({"v1", "healthz", "readyz", "metrics"})
+RESERVED_ROUTES = frozenset({"v1", "ui", "healthz", "readyz", "metrics"})
 
 
 class _Section(BaseModel):
@@ -881,6 +881,21 @@ class WebhookSettings(_Section):
         return schedule
 
 
+class UiSettings(_Section):
+    """``[ui]``: the operator console at ``/ui/`` (:mod:`recsink.ui`). Operators sign in
+    with one of ``api.tokens``; its scopes decide what the console offers."""
+
+    #: Serve the console (its routes are not added otherwise). Needs ``api.tokens``.
+    enabled: bool = False
+    #: Seconds a sign-in lasts; then the operator signs in again.
+    session_ttl: int = Field(8 * 3600, ge=60, le=30 * 86400)
+    #: The session cookie's ``Secure`` flag: "auto" sets it when the request came over
+    #: https (directly, or ``X-Forwarded-Proto: https`` from a proxy), "always", "never".
+    secure_cookie: Literal["auto", "always", "never"] = "auto"
+    #: Search results per page (the console pages with a cursor, never an offset).
+    page_size: int = Field(50, ge=5, le=500)
+
+
 class LogSettings(_Section):
     """``[log]``: JSON log lines on stdout."""
 
@@ -911,6 +926,7 @@ class Settings(BaseSettings):
     fetch: FetchSettings = FetchSettings()
     webhooks: WebhookSettings = WebhookSettings()
     retention: RetentionSettings = RetentionSettings()
+    ui: UiSettings = UiSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -937,6 +953,9 @@ class Settings(BaseSettings):
                 "add one, or set auth.allow_unauthenticated = true"
             )
         self.ops.apart_from(self.server)
+        if self.ui.enabled and not self.api.tokens:
+            raise ValueError("ui.enabled: the console signs operators in with api.tokens; "
+                             "configure at least one")
         return self
 
     def secrets(self) -> list[str]:

@@ -21,6 +21,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from recsink.catalog import outbox, polls, sql
+from recsink.catalog import search as finding
 from recsink.catalog.group import Row
 from recsink.catalog.outbox import Delivery, DeliveryState, Event
 from recsink.catalog.polls import Poll, PollKind, PollState
@@ -161,6 +162,38 @@ class Catalog(abc.ABC):
         rows = await self._read(self.dialect.sql(
             statement + " ORDER BY received_at DESC LIMIT :limit"), args)
         return [self.dialect.decode(r) for r in rows]
+
+    async def find(self, filters: finding.Filters, after: finding.Cursor | None = None,
+                   limit: int = 50) -> tuple[list[Recording], finding.Cursor | None]:
+        """One page of the console's search (:mod:`recsink.catalog.search`): up to
+        ``limit`` records matching ``filters``, newest first, older than ``after``; and the
+        cursor of the next page (None on the last)."""
+        statement, args = finding.page(self.dialect, filters, after, limit + 1)
+        found = [self.dialect.decode(r) for r in await self._read(statement, args)]
+        more = len(found) > limit
+        found = found[:limit]
+        last = found[-1] if more else None
+        return found, (finding.Cursor(last.received_at, last.id) if last else None)
+
+    async def count(self, filters: finding.Filters) -> int:
+        """How many records match ``filters``."""
+        statement, args = finding.count(self.dialect, filters)
+        rows = await self._read(statement, args)
+        return int(rows[0][0])
+
+    async def activity(self, since: datetime) -> list[tuple[str, str, str, int]]:
+        """Records received since ``since`` (UTC), counted by (hour ``YYYY-MM-DDTHH``
+        UTC, source, status)."""
+        rows = await self._read(finding.activity(self.dialect),
+                                {"since": self.dialect.encode_time(since)})
+        return finding.decode_counts(rows)
+
+    async def delivery_backlog(self) -> int:
+        """Webhook deliveries still pending plus events not fanned out yet."""
+        rows = await self._read(
+            "SELECT (SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending') + "
+            "(SELECT COUNT(*) FROM webhook_events)", {})
+        return int(rows[0][0])
 
     async def pending(self, queue: Queue, spool: str = "") -> int:
         """How many records wait in ``queue`` (ship: in ``spool``), due or not."""

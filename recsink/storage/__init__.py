@@ -163,8 +163,11 @@ class Storage(Protocol):
         """The object at ``key``, made durable, or None when there is none. Raises
         :class:`StorageError` when storage cannot tell."""
 
-    def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
-        """Stream the object's bytes. Raises :class:`StorageError`."""
+    def read(self, key: str, chunk_size: int, start: int = 0,
+             length: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Stream the object's bytes: ``length`` bytes (None: to the end) from offset
+        ``start`` (S3: a ranged GetObject, RFC 9110 §14.1.2). Raises
+        :class:`StorageError`."""
 
     async def delete(self, key: str) -> bool:
         """Remove the object at ``key`` for good (disk: the file, its directory fsynced;

@@ -286,10 +286,19 @@ class DiskStorage:
     def local_root(self) -> Path:
         return self.root
 
-    async def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
+    async def read(self, key: str, chunk_size: int, start: int = 0,
+                   length: int | None = None) -> AsyncGenerator[bytes, None]:
         try:
             async with aiofiles.open(self.path(key), "rb") as fh:
-                while block := await fh.read(chunk_size):
+                if start:
+                    await fh.seek(start)
+                left = length
+                while left is None or left > 0:
+                    want = chunk_size if left is None else min(chunk_size, left)
+                    if not (block := await fh.read(want)):
+                        break
+                    if left is not None:
+                        left -= len(block)
                     yield block
         except OSError as exc:
             raise _storage_error(exc, f"reading {key}") from exc

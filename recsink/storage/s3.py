@@ -507,14 +507,20 @@ class S3Storage:
         return Found(Stored(key, self.url(key)), int(meta["bytes"]), meta.get("sha256", ""),
                      meta.get("recsink-id", ""))
 
-    async def read(self, key: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
+    async def read(self, key: str, chunk_size: int, start: int = 0,
+                   length: int | None = None) -> AsyncGenerator[bytes, None]:
         if self.spool.path(key).is_file():  # spooled, not shipped yet
-            async for block in self.spool.read(key, chunk_size):
+            async for block in self.spool.read(key, chunk_size, start, length):
                 yield block
             return
+        bucket, object_key = self.destination.bucket, self.destination.object_key(key)
         try:
-            response = await self.client.get_object(
-                Bucket=self.destination.bucket, Key=self.destination.object_key(key))
+            if start or length is not None:
+                end = "" if length is None else str(start + length - 1)
+                response = await self.client.get_object(
+                    Bucket=bucket, Key=object_key, Range=f"bytes={start}-{end}")
+            else:
+                response = await self.client.get_object(Bucket=bucket, Key=object_key)
             async with response["Body"] as body:
                 while block := await body.read(chunk_size):
                     yield block
