@@ -64,3 +64,16 @@ def test_harness_runs_every_group_verified_and_prints_the_table(tmp_path: Path) 
         assert "nginx anchor skipped: nginx is not installed" in report
     assert output.read_text(encoding="utf-8").strip() == report.strip()
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_ui_search_bench_runs_at_a_tiny_scale(tmp_path: Path) -> None:
+    """``python -m bench.ui_search --rows 2000`` fills a catalog, runs every typical
+    search and prints its table (the million-row numbers are in bench/RESULTS.md)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ui_search", "--rows", "2000", "--repeat", "1",
+         "--path", str(tmp_path / "catalog.db")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2,000 recordings filled" in done.stdout
+    assert "| call id | 1 |" in done.stdout
+    assert done.stdout.count("\n| ") == 11
