@@ -44,7 +44,7 @@ def caller(n: int) -> str:
 
 def rows(count: int, seed: int = 14) -> Iterator[tuple[object, ...]]:
     """``count`` synthetic recording rows, oldest first."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 (synthetic data, reproducible)
     step = SPAN / count
     start = NOW - SPAN
     for n in range(count):
