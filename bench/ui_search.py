@@ -88,7 +88,7 @@ def searches(count: int) -> list[tuple[str, Filters]]:
         ("source", Filters(source="sinch")),
         ("status failed", Filters(status=Status.FAILED)),
         ("date range (one day)", Filters(since=day, until=day + timedelta(days=1))),
-        ("source + status + one day", Filters(source="kazoo", status=Status.FAILED,
+        ("source + status + one day", Filters(source="laml", status=Status.FAILED,
                                               since=day, until=day + timedelta(days=1))),
         ("phone number, one day", Filters(number="4930" + f"{123:07d}"[-7:], since=day,
                                           until=day + timedelta(days=1))),
