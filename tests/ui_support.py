@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import http.client
+import io
+import math
 import re
+import struct
+import wave
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tests.conftest import RunningServer, exchange, kazoo_put, make_wav
+from tests.conftest import RunningServer, exchange, kazoo_put
 
 ADMIN = "ui-admin-token-0123456789"
 READER = "ui-read-token-0123456789"
@@ -22,8 +26,9 @@ UI = {"ui": {"enabled": True}, **TOKENS}
 def upload(server: RunningServer, call_id: str, *, caller: str = "+4930111111",
            callee: str = "+4940222222", seconds: float = 0.2, freq: float = 440.0,
            name: str | None = None) -> tuple[dict[str, Any], bytes]:
-    """A Kazoo path-A upload (a WAV tone with from/to numbers); its resource and body."""
-    body = make_wav(seconds, freq=freq)
+    """A Kazoo path-A upload (a WAV tone in bursts, like words, so the waveform has a
+    shape; with from/to numbers); its resource and body."""
+    body = speech_like_wav(seconds, freq)
     query = {"call_id": call_id, "account_id": "a" * 32, "from": f"{caller}@pbx.example.com",
              "to": f"{callee}@pbx.example.com", "caller_id_number": caller,
              "start": "63877471200"}
@@ -82,3 +87,20 @@ class Browserless:
         assert found, page.text
         self.csrf = found[1]
         return answer
+
+
+def speech_like_wav(seconds: float, freq: float, rate: int = 8000) -> bytes:
+    """A 16-bit mono WAV: a ``freq`` tone whose loudness rises and falls in bursts of about
+    a third of a second, with pauses between them."""
+    samples = bytearray()
+    for i in range(int(seconds * rate)):
+        t = i / rate
+        envelope = max(0.0, math.sin(2 * math.pi * 1.4 * t)) * (0.55 + 0.45 * math.sin(5.3 * t))
+        samples += struct.pack("<h", int(14000 * envelope * math.sin(2 * math.pi * freq * t)))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(samples))
+    return out.getvalue()
