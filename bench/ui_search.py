@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.ui_search [--rows 1000000] [--path FILE] [--repeat 5]
 
-Creates a catalog at the current schema (every migration, 0010's search indexes
-included), fills it with ``--rows`` synthetic recordings over 90 days (4 sources, 2,000
+Creates a catalog at the current schema (every migration, the search indexes of 0010 and
+0011 included), fills it with ``--rows`` synthetic recordings over 90 days (4 sources, 2,000
 accounts, 1 % failed, numbers from 200,000 callers) with one ``executemany`` in one
 transaction (the webhook triggers dropped first: the bench catalog sends nothing), then
 times the console's typical searches through :meth:`recsink.catalog.Catalog.find` (one

@@ -71,3 +71,28 @@ async def test_activity_counts_by_hour_source_and_status(catalog: Catalog) -> No
     hour = now.strftime("%Y-%m-%dT%H")
     found = sorted(await catalog.activity(now - timedelta(hours=24)))
     assert found == [(hour, "kazoo", "completed", 2), (hour, "sinch", "failed", 1)]
+
+
+async def test_number_index_follows_every_change(catalog: Catalog) -> None:  # noqa: F811
+    """The number index (migration 0011) follows the rows: a number found after an insert
+    is gone once the record's from URI changes (as a tombstone clears it) or the record is
+    deleted, the new number is found instead, and metadata numbers count too."""
+    await catalog.insert(record(1))
+    await catalog.insert(record(2, metadata={"callee_id_number": "+4989777666"}))
+
+    async def found(number: str) -> list[str]:
+        page, _ = await catalog.find(Filters(number=number), None, 50)
+        assert await catalog.count(Filters(number=number)) == len(page)
+        return [r.id for r in page]
+
+    assert await found("49301234001") == ["rec_00000000000000000001"]
+    assert await found("4989777666") == ["rec_00000000000000000002"]
+    await catalog.update("rec_00000000000000000001", from_uri="sip:+4971155544@pbx")
+    assert await found("49301234001") == []
+    assert await found("4971155544") == ["rec_00000000000000000001"]
+    await catalog.update("rec_00000000000000000001", from_uri=None, to_uri=None)
+    assert await found("4971155544") == []
+    assert await found("4940999000") == ["rec_00000000000000000002"]
+    await catalog.delete("rec_00000000000000000002")
+    assert await found("4940999000") == []
+    assert await found("4989777666") == []

@@ -7,11 +7,12 @@ page costs the same however deep it is, and rows arriving meanwhile do not shift
 Indexes: migration 0010 (``received_at, id``; ``source``/``status`` with ``received_at``),
 and those on call id, recording id and account.
 
-A phone number matches as retention's erasure finds its candidates
-(:meth:`~recsink.catalog.Catalog.erasure_candidates`): its digits as a substring of the
-from or to URI or of the metadata's text (Kazoo's ``caller_id_number``, …). That test
-cannot use an index: a number search reads every row in its other filters' range (give a
-date range on a big catalog; bench/RESULTS.md has the numbers).
+A phone number matches when its digits are a substring of the from or to URI's user part
+(before ``@``) or of Kazoo's
+``caller_id_number`` / ``callee_id_number`` metadata, looked up in a trigram index
+(migration 0011: FTS5 on SQLite, pg_trgm on PostgreSQL), so it costs about as much as the
+rows it finds (bench/RESULTS.md has the numbers). Erasure
+(:meth:`~recsink.catalog.Catalog.erasure_candidates`) looks wider, in every metadata value.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ class Cursor:
         return cls(received_at, record_id)
 
 
+#: A recording whose numbers hold ``:number`` (``%<digits>%``), answered from the index of
+#: migration 0011 (SQLite: FTS5 trigram over ``recording_numbers``; PostgreSQL: a pg_trgm
+#: GIN index on the same expression).
+_NUMBER_MATCHES = {
+    "sqlite": "id IN (SELECT record_id FROM recording_numbers WHERE n IN ("
+              "SELECT rowid FROM recording_numbers_fts WHERE numbers LIKE :number))",
+    "postgres": "(split_part(coalesce(from_uri, ''), '@', 1) || ' ' "
+                "|| split_part(coalesce(to_uri, ''), '@', 1) || ' ' "
+                "|| coalesce(metadata ->> 'caller_id_number', '') || ' ' "
+                "|| coalesce(metadata ->> 'callee_id_number', '')) LIKE :number",
+}
+
+
 def where(dialect: Dialect, filters: Filters) -> tuple[str, dict[str, Any]]:
     """The WHERE clause (``""`` for none) and parameters selecting ``filters``."""
     clauses: list[str] = []
@@ -91,8 +105,7 @@ def where(dialect: Dialect, filters: Filters) -> tuple[str, dict[str, Any]]:
         clauses.append("status = :status")
         args["status"] = filters.status.value
     if filters.number:
-        clauses.append("(from_uri LIKE :number OR to_uri LIKE :number "
-                       "OR CAST(metadata AS TEXT) LIKE :number)")
+        clauses.append(_NUMBER_MATCHES[dialect.name])
         args["number"] = f"%{filters.number}%"
     if filters.since is not None:
         clauses.append("received_at >= :since")
