@@ -41,7 +41,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +55,7 @@ from recsink.catalog import Catalog, Recording, iso, utcnow
 from recsink.catalog.outbox import Delivery, Event, new_delivery_id
 from recsink.config import WebhookEndpoint, WebhookSettings, forbidden
 from recsink.errors import RecsinkError
+from recsink.headers import retry_after
 from recsink.jobs import Worker
 from recsink.metrics import Metrics
 
@@ -126,19 +126,6 @@ def event_body(event: Event, record: Recording) -> str:
         text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return text
 
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - utcnow()).total_seconds()) if when.tzinfo else None
 
 
 class Dispatcher:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from recsink.headers import retry_after
 from recsink.sources.sendbird import signature
-from recsink.sources.sendbird_api import retry_after
 from tests.conftest import (
     RunningServer,
     api_get,

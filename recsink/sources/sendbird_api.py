@@ -15,11 +15,9 @@ token; Sendbird's own error ``message`` is kept out too (only its status and ``c
 
 from __future__ import annotations
 
-import email.utils
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +25,7 @@ import aiohttp
 
 from recsink.config import SendbirdCopy, SendbirdSettings
 from recsink.errors import RecsinkError
+from recsink.headers import retry_after
 
 #: Calls asked for per page of ``GET /v1/direct_calls``.
 PAGE_SIZE = 100
@@ -78,22 +77,6 @@ def unwrap(answer: Any, *names: str) -> dict[str, Any]:
             return inner
     return answer
 
-
-def retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` value asks to wait: delay-seconds or an HTTP date (RFC
-    9110 §10.2.3); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class PlatformApi:
