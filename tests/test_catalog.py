@@ -28,6 +28,7 @@ from recsink.catalog import (
 from recsink.catalog.migrations import LATEST, migrations
 from recsink.catalog.outbox import Delivery, new_delivery_id
 from recsink.catalog.postgres import PostgresCatalog
+from recsink.catalog.search import Filters
 from recsink.catalog.sqlite import SqliteCatalog
 from recsink.errors import Malformed
 
@@ -312,6 +313,44 @@ async def test_upgrading_sqlite_settles_old_uploads_and_revives_sinch(tmp_path: 
             Status.UPLOADING, None)
         [stale] = await catalog.claim("settle", "me:1:aa/1", 60, 10)
         assert stale.id == "up"
+    finally:
+        await catalog.close()
+
+
+async def test_metadata_is_stored_as_standard_json(catalog: Catalog) -> None:
+    """Metadata holding non-finite numbers (a sender's ``1e999`` reads as infinity) is
+    stored as standard JSON, those numbers as null, on both engines (jsonb and SQLite's JSON
+    functions refuse ``Infinity``), and the record is found by its number."""
+    record = upload(metadata={"start": float("inf"), "x": [float("nan"), 1.5],
+                              "caller_id_number": "+4930777888"})
+    await catalog.insert(record)
+    stored = await catalog.get(record.id)
+    assert stored is not None
+    assert stored.metadata == {"start": None, "x": [None, 1.5],
+                               "caller_id_number": "+4930777888"}
+    page, _ = await catalog.find(Filters(number="4930777888"), None, 10)
+    assert [r.id for r in page] == [record.id]
+
+
+async def test_upgrading_sqlite_with_nonstandard_metadata_json(tmp_path: Path) -> None:
+    """A catalog of schema 10 whose metadata holds ``Infinity`` (written before metadata
+    was kept to standard JSON) migrates: the number index skips what it cannot read."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        for version, script in migrations("sqlite").items():
+            if version <= 10:
+                db.executescript(script)
+        db.execute("PRAGMA user_version = 10")
+        now = "2026-11-01T00:00:00Z"
+        db.execute("INSERT INTO recordings (id, idempotency_key, source, status, from_uri, "
+                   "metadata, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   ("old", "kazoo:rid:old", "kazoo", "completed", "sip:+4930111222@pbx",
+                    '{"start":Infinity}', now, now))
+    catalog = await SqliteCatalog.open(path)
+    try:
+        assert await catalog.schema_version() == LATEST
+        page, _ = await catalog.find(Filters(number="4930111222"), None, 10)
+        assert [r.id for r in page] == ["old"]
     finally:
         await catalog.close()
 

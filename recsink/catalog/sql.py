@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -71,7 +72,15 @@ class Dialect:
         return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def encode_json(self, value: dict[str, Any]) -> Any:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        """``value`` as standard JSON (RFC 8259), which SQLite's JSON functions and
+        PostgreSQL's jsonb read: a non-finite number (a sender's ``1e999``, which Python
+        reads as infinity, or ``NaN``) is stored as null."""
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
+        except ValueError:  # rare: walk the value only then
+            value = _finite(value)
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         if self.name == "postgres":
             from psycopg.types.json import Jsonb
 
@@ -92,6 +101,17 @@ class Dialect:
             values["metadata"] = json.loads(values["metadata"])
         values["status"] = Status(values["status"])
         return Recording(**values)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 SQLITE = Dialect("sqlite", "named", json_merge="json_patch({old}, {new})",
