@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import aiojobs
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from recsink import logs
@@ -63,6 +61,7 @@ from recsink.errors import NotAudio, RecsinkError
 from recsink.ingest import Body, Ingestor, Intake
 from recsink.jobs import Worker
 from recsink.metrics import Metrics
+from recsink.resolver import CheckedResolver
 
 # aiobotocore and the Azure SDK are imported when a pull first needs them: a server that
 # never pulls from a bucket does not carry their ~25 MiB of memory.
@@ -111,36 +110,6 @@ def where(url: str | URL) -> str:
         return f"{parts.scheme}://{parts.hostname or ''}"
     except ValueError:  # a malformed netloc (an unclosed "[")
         return "(a malformed location)"
-
-
-class CheckedResolver(AbstractResolver):
-    """aiohttp's default resolver, keeping only the addresses the egress policy allows for
-    the host and port asked about (aiohttp connects to what this returns, so the address
-    checked is the address used). Raises :class:`~recsink.egress.Refused` when none is."""
-
-    def __init__(self, egress: Egress) -> None:
-        self._egress = egress
-        self._resolver = aiohttp.DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        found = await self._resolver.resolve(host, port, family)
-        allowed: list[ResolveResult] = []
-        refusal: Refused | None = None
-        for result in found:
-            try:
-                self._egress.check_address(host, port, ipaddress.ip_address(result["host"]))
-            except (Refused, ValueError) as exc:
-                refusal = exc if isinstance(exc, Refused) else Refused(
-                    f"{host} resolves to something that is not an address")
-            else:
-                allowed.append(result)
-        if not allowed:
-            raise refusal or Refused(f"{host} resolves to no address")
-        return allowed
-
-    async def close(self) -> None:
-        await self._resolver.close()
 
 
 class _Bounded:
@@ -326,9 +295,19 @@ class Fetcher:
         async with opener as media:
             yield Media(_Bounded(media.body, deadline, limit), media.size)
 
+    def _check_resolved(self, host: str, port: int, address: str) -> None:
+        """The egress policy on an address ``host`` resolved to (:mod:`recsink.resolver`).
+        Raises :class:`~recsink.egress.Refused`."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise Refused(f"{host} resolves to something that is not an address") from None
+        self.egress.check_address(host, port, ip)
+
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
-            connector = aiohttp.TCPConnector(resolver=CheckedResolver(self.egress))
+            resolver = CheckedResolver(self._check_resolved, error=Refused)
+            connector = aiohttp.TCPConnector(resolver=resolver)
             self._http = aiohttp.ClientSession(connector=connector)
             self._stack.push_async_callback(self._http.close)
         return self._http

@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -46,7 +45,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import aiojobs
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from standardwebhooks import Webhook
 
@@ -58,6 +56,7 @@ from recsink.errors import RecsinkError
 from recsink.headers import retry_after
 from recsink.jobs import Worker
 from recsink.metrics import Metrics
+from recsink.resolver import CheckedResolver
 
 #: The spec's size limit for a body, bytes; a larger one is sent without ``metadata``.
 MAX_BODY = 20_000
@@ -293,33 +292,21 @@ class Dispatcher:
             return None, f"{type(exc).__name__}: {exc.strerror or exc}", None
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver, leaving out the addresses :func:`forbidden` names (a receiver's
+def _not_forbidden(host: str, port: int, address: str) -> None:
+    """Refuse the link-local and metadata addresses :func:`forbidden` names (a receiver's
     DNS name can change to point anywhere; specs/webhooks.md "Guard the sender against
-    SSRF"). A name that resolves to nothing else fails the attempt (a connection error).
-    URLs with IP literals never reach a resolver: the configuration checks those."""
-
-    def __init__(self) -> None:
-        self._inner = DefaultResolver()
-
-    async def resolve(self, host: str, port: int = 0,
-                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        found = await self._inner.resolve(host, port, family)
-        allowed = [result for result in found if not forbidden(result["host"])]
-        if not allowed:
-            raise OSError(f"{host} resolves only to link-local or metadata addresses "
-                          "(webhooks.allow_link_local)")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
+    SSRF"): a name that resolves to nothing else fails the attempt (a connection error)."""
+    if forbidden(address):
+        raise OSError(f"{host} resolves only to link-local or metadata addresses "
+                      "(webhooks.allow_link_local)")
 
 
 def client_session(settings: WebhookSettings) -> aiohttp.ClientSession:
     """The HTTP client webhooks are sent with: no cookies kept between receivers, and
     (unless ``webhooks.allow_link_local``) no connection to a link-local or metadata
     address."""
-    resolver = DefaultResolver() if settings.allow_link_local else GuardedResolver()
+    resolver = (DefaultResolver() if settings.allow_link_local
+                else CheckedResolver(_not_forbidden))
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver),
                                  cookie_jar=aiohttp.DummyCookieJar())
 
