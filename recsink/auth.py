@@ -91,15 +91,21 @@ def bearer_matches(authorization: str | None, tokens: Sequence[str]) -> bool:
     return scheme == "bearer" and matches_any(value, tokens)
 
 
-def matching_token(authorization: str | None, tokens: Sequence[ApiToken]) -> ApiToken | None:
-    """The API token ``authorization`` (``Bearer <token>``) carries, or None; every token
-    is compared, in constant time."""
-    scheme, value = parse_authorization(authorization)
+def named_token(given: str, tokens: Sequence[ApiToken]) -> ApiToken | None:
+    """The API token whose secret is ``given``, or None; every token is compared, in
+    constant time."""
     found = None
     for token in tokens:
-        if _equal(value, token.token.get_secret_value()) and scheme == "bearer":
+        if _equal(given, token.token.get_secret_value()):
             found = token
     return found
+
+
+def matching_token(authorization: str | None, tokens: Sequence[ApiToken]) -> ApiToken | None:
+    """The API token ``authorization`` (``Bearer <token>``) carries, or None."""
+    scheme, value = parse_authorization(authorization)
+    found = named_token(value, tokens)
+    return found if scheme == "bearer" else None
 
 
 class UploadAuth:

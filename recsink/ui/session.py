@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from recsink import state
+from recsink.auth import named_token
 from recsink.config import ApiToken, Scope, UiSettings
 from recsink.errors import Forbidden
 
@@ -58,10 +59,7 @@ def sign_in(request: web.Request, response: web.StreamResponse, given: str) -> S
     one matches and has the ``read`` scope, set the session cookie on ``response`` and
     return the session; None otherwise."""
     settings = request.app[state.SETTINGS]
-    found = None
-    for token in settings.api.named:
-        if hmac.compare_digest(given.encode(), token.token.get_secret_value().encode()):
-            found = token
+    found = named_token(given, settings.api.named)
     if found is None or "read" not in found.scopes:
         return None
     expires = int(time.time()) + settings.ui.session_ttl
