@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from recsink import logs, state
-from recsink.auth import bearer_matches, matching_token
+from recsink.auth import bearer_matches, matching_token, require_scope
 from recsink.catalog import Recording, Status, iso
 from recsink.catalog.outbox import DELIVERY_STATES, DeliveryState
 from recsink.config import Scope
@@ -41,9 +41,7 @@ def _authorize(request: web.Request, scope: Scope = "read") -> str:
         found = matching_token(authorization, tokens)
         if found is None:
             raise Unauthorized("unauthorized", "missing or wrong API token")
-        if scope not in found.scopes:
-            raise Forbidden("missing_scope", f"the API token {found.name!r} lacks the "
-                            f"{scope!r} scope this needs", token=found.name)
+        require_scope(found.name, found.scopes, scope)
         return found.name
     if auth.check(request.remote, authorization, [], request.query).accounts is not None:
         # The API lists and describes every account's recordings.

@@ -17,10 +17,10 @@ from __future__ import annotations
 import base64
 import hmac
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from recsink.config import ApiToken, AuthSettings, BoundToken
+from recsink.config import ApiToken, AuthSettings, BoundToken, Scope
 from recsink.errors import Forbidden, Unauthorized
 
 
@@ -89,6 +89,14 @@ def bearer_matches(authorization: str | None, tokens: Sequence[str]) -> bool:
     """True when ``authorization`` is ``Bearer <one of tokens>`` (constant-time)."""
     scheme, value = parse_authorization(authorization)
     return scheme == "bearer" and matches_any(value, tokens)
+
+
+def require_scope(name: str, scopes: Collection[Scope], scope: Scope) -> None:
+    """Raise 403 ``missing_scope`` unless the API token ``name`` (its ``scopes``) has
+    ``scope``."""
+    if scope not in scopes:
+        raise Forbidden("missing_scope", f"the API token {name!r} lacks the {scope!r} scope "
+                        "this needs", token=name)
 
 
 def named_token(given: str, tokens: Sequence[ApiToken]) -> ApiToken | None:

@@ -16,10 +16,11 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from recsink import logs, state
+from recsink.auth import require_scope
 from recsink.catalog import Recording, Status, iso, utcnow
 from recsink.catalog.search import Cursor, Filters
 from recsink.config import Scope
-from recsink.errors import Forbidden, Malformed, NotFound
+from recsink.errors import Malformed, NotFound
 from recsink.retention import MIN_DIGITS, digits
 from recsink.ui import charts, media
 from recsink.ui.session import CSRF_FIELD, Session, check_csrf, current, sign_in, sign_out
@@ -207,9 +208,7 @@ async def download(request: web.Request) -> web.StreamResponse:
 async def _acting(request: web.Request, scope: Scope) -> tuple[Session, Recording]:
     session = _session(request)
     await check_csrf(request, session)
-    if not session.may(scope):
-        raise Forbidden("missing_scope", f"the API token {session.name!r} lacks the "
-                        f"{scope!r} scope this needs", token=session.name)
+    require_scope(session.name, session.scopes, scope)
     return session, await _record(request)
 
 
