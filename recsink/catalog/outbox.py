@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from recsink.catalog.records import iso, parse_iso
+from recsink.catalog.sql import TAKEABLE, lease_due
 
 DeliveryState = Literal["pending", "delivered", "failed"]
 DELIVERY_STATES: tuple[DeliveryState, ...] = ("pending", "delivered", "failed")
@@ -119,23 +120,16 @@ def marks(prefix: str, count: int) -> tuple[str, list[str]]:
     return "(" + (", ".join(f":{n}" for n in names) or "NULL") + ")", names
 
 
-def free(now: str = ":_now") -> str:
-    return f"(lease_until IS NULL OR lease_until < {now})"
-
-
 def claim(endpoints: int, skip_locked: str) -> str:
     """Lease up to ``:_limit`` due pending deliveries to endpoints ``:_e0 …`` (not
     disabled) to ``:_owner`` until ``:_until``: ones nobody holds, or whose holder does
     not match ``:_mine`` (a catalog no other process shares: another process's lease is a
     stopped process's)."""
     where, _ = marks("_e", endpoints)
-    return ("UPDATE webhook_deliveries SET lease_owner = :_owner, "  # noqa: S608
-            "lease_until = :_until WHERE id IN (SELECT id FROM webhook_deliveries "
-            "WHERE state = 'pending' AND next_attempt_at <= :_now "
-            f"AND ({free()} OR lease_owner NOT LIKE :_mine) "
-            f"AND endpoint IN {where} AND endpoint NOT IN (SELECT id FROM webhook_endpoints "
-            "WHERE disabled_at IS NOT NULL) "
-            f"ORDER BY next_attempt_at LIMIT :_limit{skip_locked}){RETURNING}")
+    due = (f"state = 'pending' AND next_attempt_at <= :_now AND {TAKEABLE} "  # noqa: S608
+           f"AND endpoint IN {where} AND endpoint NOT IN (SELECT id FROM webhook_endpoints "
+           "WHERE disabled_at IS NOT NULL)")
+    return lease_due("webhook_deliveries", due, "next_attempt_at", skip_locked, RETURNING)
 
 
 def insert_deliveries(count: int) -> str:

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from recsink.catalog.outbox import decode_time
+from recsink.catalog.sql import TAKEABLE, lease_due
 
 PollKind = Literal["direct_call", "room"]
 PollState = Literal["pending", "done", "expired"]
@@ -81,17 +82,14 @@ def claim(skip_locked: str) -> str:
     """Lease up to ``:_limit`` due pending polls to ``:_owner`` until ``:_until``: ones
     nobody holds, or (a catalog no other process shares) held by another, so stopped,
     process (``lease_owner NOT LIKE :_mine``)."""
-    return ("UPDATE sendbird_polls SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
-            "WHERE id IN (SELECT id FROM sendbird_polls WHERE state = 'pending' "
-            "AND next_poll_at <= :_now AND (lease_until IS NULL OR lease_until < :_now "
-            "OR lease_owner NOT LIKE :_mine) "
-            f"ORDER BY next_poll_at LIMIT :_limit{skip_locked})" + RETURNING)
+    return lease_due("sendbird_polls", f"state = 'pending' AND next_poll_at <= :_now "
+                     f"AND {TAKEABLE}", "next_poll_at", skip_locked, RETURNING)
 
 
 #: Take a sweep's lease when nobody holds it and its last run is at least an interval ago.
-TAKE_SWEEP = ("UPDATE sendbird_sweeps SET lease_owner = :_owner, lease_until = :_until, "
+TAKE_SWEEP = ("UPDATE sendbird_sweeps SET lease_owner = :_owner, lease_until = :_until, "  # noqa: S608
               "last_run = :_now WHERE name = :name "
-              "AND (lease_until IS NULL OR lease_until < :_now OR lease_owner NOT LIKE :_mine) "
+              f"AND {TAKEABLE} "
               "AND (last_run IS NULL OR last_run <= :_due) RETURNING name")
 END_SWEEP = ("UPDATE sendbird_sweeps SET lease_owner = NULL, lease_until = NULL "
              "WHERE name = :name AND lease_owner = :_owner RETURNING name")

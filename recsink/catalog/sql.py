@@ -227,13 +227,25 @@ _DUE: dict[str, tuple[str, str]] = {
 }
 
 
+#: A row of a work table (webhook deliveries, Sendbird polls and sweeps) that ``:_mine``'s
+#: process may take: nobody holds it, its lease expired, or (a catalog no other process
+#: shares) another, so stopped, process holds it (``lease_owner NOT LIKE :_mine``).
+TAKEABLE = "(lease_until IS NULL OR lease_until < :_now OR lease_owner NOT LIKE :_mine)"
+
+
+def lease_due(table: str, due: str, order: str, skip_locked: str, returning: str) -> str:
+    """Lease up to ``:_limit`` rows of ``table`` that match ``due``, first by ``order``, to
+    ``:_owner`` until ``:_until`` (``skip_locked``: the dialect's, so that processes
+    sharing a PostgreSQL catalog take different rows); ``returning``: what they answer."""
+    return (f"UPDATE {table} SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
+            f"WHERE id IN (SELECT id FROM {table} WHERE {due} ORDER BY {order} "
+            f"LIMIT :_limit{skip_locked}){returning}")
+
+
 def claim(dialect: Dialect, queue: Queue) -> str:
     """Lease up to ``:_limit`` due rows of ``queue`` to ``:_owner`` until ``:_until``."""
     due, order = _DUE[queue]
-    return dialect.sql(
-        "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
-        f"WHERE id IN (SELECT id FROM recordings WHERE {due} ORDER BY {order} "
-        f"LIMIT :_limit{dialect.skip_locked}){RETURNING}")
+    return dialect.sql(lease_due("recordings", due, order, dialect.skip_locked, RETURNING))
 
 
 def pending(queue: Queue) -> str:
@@ -273,7 +285,5 @@ def expired(dialect: Dialect, rules: Sequence[tuple[bool, bool]]) -> str:
     due = (f"status IN ('completed', 'discarded', 'failed') AND {DELETABLE} "
            "AND (next_delete_at IS NULL OR next_delete_at <= :_now) "
            f"AND (CASE {' '.join(arms)} ELSE 0 END) = 1")
-    return dialect.sql(
-        "UPDATE recordings SET lease_owner = :_owner, lease_until = :_until "  # noqa: S608
-        f"WHERE id IN (SELECT id FROM recordings WHERE {due} ORDER BY received_at "
-        f"LIMIT :_limit{dialect.skip_locked}){RETURNING}")
+    return dialect.sql(lease_due("recordings", due, "received_at", dialect.skip_locked,
+                                 RETURNING))
