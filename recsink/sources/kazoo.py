@@ -18,7 +18,6 @@ at a time (a ``%2F`` inside a Call-ID stays inside its segment, §8.4):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from collections.abc import Awaitable, Mapping, Sequence
@@ -36,7 +35,7 @@ from recsink.bodies import PartBody, RawBody, guarded, refuse_encoded
 from recsink.catalog import Recording
 from recsink.errors import Malformed, NotFound, RecsinkError, TooLarge
 from recsink.ingest import Intake, decode_content_md5
-from recsink.storage import StorageUnavailable
+from recsink.sending import send_object
 
 SOURCE = "kazoo"
 _T = TypeVar("_T")
@@ -319,7 +318,8 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     Answers only a completed recording whose name, account (when the path or query gives
     one) and call id (paths A and C) are the path's, else 404 ``not_found``; a credential
     bound to accounts gets 403 ``account_not_allowed`` for other accounts' paths. The
-    object is opened (and its first block read) before the status line, so a storage
+    object is opened (and its first block read) before the status line
+    (:func:`~recsink.sending.send_object`), so a storage
     failure is a JSON 503; a failure once the body is under way (storage gone, the object
     shorter or longer than the catalog's ``byte_size``) raises
     :class:`~recsink.storage.StorageUnavailable` after headers went out, and the error
@@ -330,54 +330,14 @@ async def fetch(request: web.Request) -> web.StreamResponse:
     record = await _find(request, target, query)
     if record is None or record.storage_key is None or not _names(record, target):
         raise NotFound("not_found", "no stored recording at this path")
-    key, size = record.storage_key, record.byte_size or 0
     response = web.StreamResponse(
         headers={hdrs.CONTENT_TYPE: record.media_type or "application/octet-stream"})
-    response.content_length = size
-    async with contextlib.aclosing(
-            request.app[state.STORAGE].read(key, _SERVE_BLOCK)) as blocks:
-        # Open the object before the status line goes out (a HEAD too): a failure is still
-        # an answer. Read ahead up to a block, so a small object of the wrong size is too.
-        ahead: list[bytes] = []
-        held = 0
-        while held < min(size + 1, _SERVE_BLOCK):
-            if (block := await anext(blocks, None)) is None:
-                if held != size:
-                    raise _size_mismatch(key, held, size)
-                break
-            ahead.append(block)
-            held += len(block)
-        if held > size:
-            raise _size_mismatch(key, held, size)
-        await response.prepare(request)
-        if request.method == "HEAD":
-            return response
-        sent = 0
-        try:
-            for block in ahead:
-                await response.write(block)
-                sent += len(block)
-            async for block in blocks:
-                if sent + len(block) > size:
-                    raise _size_mismatch(key, sent + len(block), size)
-                await response.write(block)
-                sent += len(block)
-            if sent != size:
-                raise _size_mismatch(key, sent, size)
-        except RecsinkError as exc:
-            raise StorageUnavailable(
-                f"serving {key} broke off after {sent} of {size} bytes ({exc.detail}); the "
-                "connection is closed") from exc
-    await response.write_eof()
+    response.content_length = size = record.byte_size or 0
+    await send_object(request, response, request.app[state.STORAGE], record.storage_key,
+                      size, _SERVE_BLOCK)
     logs.get_logger().info("recording.served", id=record.id, bytes=size,
                            method=request.method)
     return response
-
-
-def _size_mismatch(key: str, found: int, size: int) -> StorageUnavailable:
-    return StorageUnavailable(
-        f"the stored object {key} holds {'at least ' if found > size else ''}{found} bytes, "
-        f"the catalog says {size}")
 
 
 def _names(record: Recording, target: Target) -> bool:

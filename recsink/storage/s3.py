@@ -513,14 +513,16 @@ class S3Storage:
             async for block in self.spool.read(key, chunk_size, start, length):
                 yield block
             return
-        bucket, object_key = self.destination.bucket, self.destination.object_key(key)
+        if length == 0:  # an empty range: nothing to ask S3 for
+            return
+        ranged: dict[str, Any] = {}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            ranged["Range"] = f"bytes={start}-{end}"
         try:
-            if start or length is not None:
-                end = "" if length is None else str(start + length - 1)
-                response = await self.client.get_object(
-                    Bucket=bucket, Key=object_key, Range=f"bytes={start}-{end}")
-            else:
-                response = await self.client.get_object(Bucket=bucket, Key=object_key)
+            response = await self.client.get_object(
+                Bucket=self.destination.bucket, Key=self.destination.object_key(key),
+                **ranged)
             async with response["Body"] as body:
                 while block := await body.read(chunk_size):
                     yield block

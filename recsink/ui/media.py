@@ -5,15 +5,14 @@ disk and S3 storage alike (S3: a ranged GetObject)."""
 
 from __future__ import annotations
 
-import contextlib
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
 
 from recsink import logs, state
 from recsink.catalog import Recording
-from recsink.errors import NotFound, RecsinkError
-from recsink.storage import StorageUnavailable
+from recsink.errors import NotFound
+from recsink.sending import send_object
 
 BLOCK = 256 * 1024
 
@@ -58,7 +57,8 @@ def _range(request: web.Request, size: int) -> tuple[int, int] | None:
 
 async def serve(request: web.Request, record: Recording, *, attachment: bool,
                 who: str) -> web.StreamResponse:
-    """Stream ``record``'s object (the whole of it, or the asked range), logging
+    """Stream ``record``'s object (the whole of it, or the asked range: opened before the
+    headers go out, :func:`~recsink.sending.send_object`), logging
     ``ui.downloaded`` or ``ui.played`` with the token's name ``who`` and the range. Raises
     404 ``not_found`` when there is no stored audio (a tombstone, a failed recording)."""
     if record.storage_key is None or record.byte_size is None or record.status != "completed":
@@ -86,27 +86,6 @@ async def serve(request: web.Request, record: Recording, *, attachment: bool,
                            token=who, start=start, bytes=length, method=request.method,
                            purpose="waveform" if request.headers.get("X-Purpose") == "waveform"
                            else "listen" if not attachment else "save")
-    storage = request.app[state.STORAGE]
-    if request.method == "HEAD" or length == 0:
-        await response.prepare(request)
-        return response
-    async with contextlib.aclosing(
-            storage.read(record.storage_key, BLOCK, start, length)) as blocks:
-        first = await anext(blocks, b"")  # a storage failure is still a JSON answer
-        await response.prepare(request)
-        sent = 0
-        try:
-            block = first
-            while block:
-                await response.write(block)
-                sent += len(block)
-                block = await anext(blocks, b"")
-        except RecsinkError as exc:
-            raise StorageUnavailable(f"serving {record.id} broke off after {sent} bytes "
-                                     f"({exc.detail})") from exc
-        if sent != length:
-            raise StorageUnavailable(f"serving {record.id}: storage gave {sent} of {length} "
-                                     "bytes; the connection is closed")
-    await response.write_eof()
+    await send_object(request, response, request.app[state.STORAGE], record.storage_key,
+                      size, BLOCK, start, length)
     return response
-
