@@ -16,14 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import aiojobs
-from aiohttp import web
+from aiohttp import hdrs, web
 from pydantic import SecretStr
 
 from recsink import api, logs, state
 from recsink.auth import UploadAuth
+from recsink.bodies import DETACHED
 from recsink.catalog import Catalog, open_catalog
 from recsink.commit import Commits
 from recsink.config import FetchBucket, Settings
+from recsink.connections import REFUSAL_PATH, refused_answer
 from recsink.errors import Forbidden, NotFound, RecsinkError, Unauthorized, Unavailable
 from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
@@ -56,6 +58,8 @@ def create_app(settings: Settings) -> web.Application:
     app[state.SINCH] = sinch.SinchVerifier(settings.sinch)
     app[state.LAML] = laml.LamlVerifier(settings.laml)
     app.cleanup_ctx.append(resources)
+    # First: no other route may take its path (a Kazoo prefix of "/" would).
+    app.router.add_get(REFUSAL_PATH + "/{token}", _refused)
     kazoo.add_routes(app, settings.kazoo.prefixes)
     sinch.add_routes(app, settings.sinch.path)
     laml.add_routes(app, settings.laml.path)
@@ -111,7 +115,8 @@ async def resources(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(cancel_and_wait, asyncio.create_task(
             commits.sweep_forever(settings.catalog.sweep_interval)))
         ingestor = Ingestor(settings.ingest, settings.storage.key_template, storage, commits,
-                            metrics, cleanups)
+                            metrics, cleanups, threads=settings.server.max_uploads)
+        stack.callback(ingestor.close)
         for name, source in (("sinch", settings.sinch), ("laml", settings.laml)):
             if not source.verify_signatures:
                 log.warning(
@@ -201,8 +206,38 @@ def request_id(request: web.BaseRequest) -> str:
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer the application sends carries ``X-Request-ID``
-    (streamed GET/HEAD answers too, whose headers leave before the middleware sees them)."""
+    (streamed GET/HEAD answers too, whose headers leave before the middleware sees them),
+    and an error aiohttp answers outside the middleware (its 417 for an ``Expect`` it does
+    not know) is rendered as JSON ``{"error", "detail"}`` and logged like every refusal."""
     response.headers.setdefault(REQUEST_ID_HEADER, request_id(request))
+    if isinstance(response, web.HTTPException) and response.status >= 400:
+        error = RecsinkError(response.reason.lower().replace(" ", "_"),
+                             (response.text or response.reason)[:200])
+        logs.get_logger().warning("request.rejected", status=response.status,
+                                  error=error.code, detail=error.detail,
+                                  method=request.method, remote=request.remote,
+                                  request_id=request_id(request))
+        body = error_response(error, response.status).body
+        assert isinstance(body, bytes)
+        response.body = body
+        response.content_type = "application/json"
+        response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+
+
+async def _refused(request: web.Request) -> web.StreamResponse:
+    """The answer to a head :class:`recsink.connections.Connection` refused before aiohttp
+    parsed it (it stands in its place): the refusal, as JSON, closing the connection."""
+    refusals = request.app[state.SERVING].registry.refusals
+    refusal = refusals.pop(request.match_info["token"], None)
+    if refusal is None:
+        raise NotFound("not_found", "Not Found")
+    error, status = refused_answer(refusal)
+    logs.get_logger().warning("request.rejected", status=status, error=error.code,
+                              detail=error.detail, remote=request.remote,
+                              request_id=request_id(request))
+    response = error_response(error, status)
+    response.force_close()
+    return response
 
 
 @web.middleware
@@ -214,6 +249,9 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
     logs.clear_request()
     logs.bind_request(request_id=request_id(request))
     started = time.perf_counter()
+    connection = request.app[state.SERVING].registry.of(request)
+    if connection is not None:
+        connection.attach(request)
     try:
         _check_site(request)
         response = await handler(request)
@@ -232,6 +270,8 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
             response.headers["Allow"] = exc.headers.get("Allow", "")
     except asyncio.CancelledError:
         # The drain timed out (or the client is gone for good): nothing was acknowledged.
+        if (detached := request.get(DETACHED)) is not None:
+            detached.close()
         error = Unavailable("cancelled", "recsink stopped before the request finished")
         _log_error(request, error, 503, started)
         raise
@@ -242,6 +282,15 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
         # The handler's own answer is partly sent (a GET probe whose storage failed
         # mid-body): a second one would land inside its body. aiohttp closes the connection.
         raise ConnectionResetError("the response is already partly sent")
+    if connection is not None and connection.ending:  # its framing is broken or handed over
+        response.force_close()
+        if (detached := request.get(DETACHED)) is not None:
+            try:  # answer first, then drop what the client still sends, then close
+                if not response.prepared:
+                    await response.prepare(request)
+                    await response.write_eof()
+            finally:
+                await detached.linger()
     return response
 
 
@@ -253,7 +302,7 @@ def _check_site(request: web.Request) -> None:
         return
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     on_ops = isinstance(sockname, tuple) and sockname[1] == ops_port
-    if (request.path in api.OPS_PATHS) != on_ops:
+    if (request.path in api.OPS_PATHS) != on_ops and request.match_info.handler is not _refused:
         raise NotFound("not_found", "Not Found")
 
 

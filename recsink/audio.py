@@ -23,7 +23,7 @@ from typing import IO, Any
 import mutagen
 import mutagen.mp3
 import mutagen.wave
-from mutagen.mp3._util import XingHeader, XingHeaderError
+from mutagen.mp3 import XingHeader, XingHeaderError
 
 #: Bytes :func:`sniff` and :func:`is_probe` look at (fewer only when the body is shorter).
 SNIFF_BYTES = 32

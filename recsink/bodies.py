@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
+import socket
+import time
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import Executor
 from typing import Protocol, TypeVar
 
 from aiohttp import BodyPartReader, ClientPayloadError, StreamReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiMapping
 
+from recsink.connections import Connection, Registry
 from recsink.errors import Malformed, Stalled, TooLarge, UnsupportedEncoding
 
 _T = TypeVar("_T")
@@ -97,6 +102,144 @@ class RawBody:
 
     async def read(self, n: int) -> bytes:
         return await guarded(self._stream.read(n), self._idle)
+
+
+#: A raw body with at least this many bytes still to come from the socket is read by a
+#: worker thread (:class:`SocketBody`); a smaller rest is read on the event loop.
+DIRECT_MIN = 256 * 1024
+#: Seconds a refused upload's unread body is read and dropped after its answer, at most
+#: (aiohttp's lingering time).
+LINGER_SECONDS = 10.0
+
+
+class SocketReader:
+    """The rest of a request's Content-Length body, read straight from the connection's
+    socket by a worker thread: blocking ``recv_into`` calls into the caller's buffer (they
+    release the GIL), no event-loop work per byte. Made by :meth:`SocketBody.direct`."""
+
+    def __init__(self, pending: bytes, sock: socket.socket, left: int,
+                 idle_timeout: float) -> None:
+        self._pending = memoryview(pending)
+        self._sock = sock
+        self._left = left
+        self._idle = idle_timeout
+        sock.settimeout(idle_timeout)  # the descriptor stays non-blocking; waits poll
+
+    def fill(self, view: memoryview) -> int:
+        """Blocking: fill ``view`` with the body's next bytes; fewer than ``len(view)`` only
+        at its end. Raises :class:`Stalled` (408 ``body_timeout``) after ``idle_timeout``
+        seconds without a byte, :class:`Malformed` (400 ``client_disconnected``) when the
+        body breaks off."""
+        got, room = 0, len(view)
+        if self._pending:
+            got = min(len(self._pending), room)
+            view[:got] = self._pending[:got]
+            self._pending = self._pending[got:]
+        while got < room and self._left:
+            try:
+                n = self._sock.recv_into(view[got:], min(room - got, self._left))
+            except TimeoutError:
+                raise Stalled("body_timeout",
+                              f"no body bytes for {self._idle:g} seconds") from None
+            except OSError as exc:
+                raise Malformed("client_disconnected", f"the body broke off: {exc}") from exc
+            if not n:
+                raise Malformed("client_disconnected",
+                                f"the body broke off: {self._left} bytes short of its length")
+            got += n
+            self._left -= n
+        return got
+
+    @property
+    def left(self) -> int:
+        """Body bytes not read yet."""
+        return len(self._pending) + self._left
+
+    def discard(self, seconds: float) -> None:
+        """Blocking: read and drop the rest of the body, for ``seconds`` at most, so that
+        closing the connection does not reset it under its answer (what aiohttp's lingering
+        close does for bodies it reads). Never raises."""
+        deadline = time.monotonic() + seconds
+        self._pending = memoryview(b"")
+        scratch = memoryview(bytearray(64 * 1024))
+        with contextlib.suppress(OSError):
+            while self._left and (wait := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(wait)
+                n = self._sock.recv_into(scratch, min(len(scratch), self._left))
+                if not n:
+                    return
+                self._left -= n
+
+    def interrupt(self) -> None:
+        """Wake a thread waiting in :meth:`fill` (it fails with ``client_disconnected``);
+        the connection reads no more. Safe from any thread."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RD)
+
+    def close(self) -> None:
+        """Close the duplicate socket (the connection itself stays aiohttp's)."""
+        self._sock.close()
+
+
+class SocketBody(RawBody):
+    """A raw ``Content-Length`` body (a Kazoo ``PUT``) that ingest may take off the event
+    loop: read from ``request.content`` like :class:`RawBody`, until :meth:`direct` hands the
+    rest to a worker thread. Whoever made it calls :meth:`close` once ingest is done."""
+
+    def __init__(self, request: web.BaseRequest, connection: Connection,
+                 idle_timeout: float, threads: Executor) -> None:
+        super().__init__(request.content, idle_timeout)
+        self._request = request
+        self._connection = connection
+        self._threads = threads
+        self._reader: SocketReader | None = None
+
+    def direct(self) -> SocketReader | None:
+        """The rest of the body as a :class:`SocketReader`, or None when it stays on the
+        event loop (fewer than :data:`DIRECT_MIN` bytes to come, or the connection cannot
+        hand it over: :meth:`recsink.connections.Connection.detach`)."""
+        if self._reader is None:
+            detached = self._connection.detach(self._request, DIRECT_MIN)
+            if detached is not None:
+                pending, sock, left = detached
+                self._reader = SocketReader(pending, sock, left, self._idle)
+                self._request[DETACHED] = self
+        return self._reader
+
+    async def linger(self) -> None:
+        """Once the answer is sent: drop what is left of a body handed to a worker thread
+        (an upload refused or found a duplicate before its end), for up to
+        :data:`LINGER_SECONDS`, so that the client reads its answer before the connection
+        closes. Then the duplicate socket is closed and the body is over for aiohttp too."""
+        reader = self._reader
+        if reader is None:
+            return
+        if reader.left:
+            await asyncio.get_running_loop().run_in_executor(
+                self._threads, reader.discard, LINGER_SECONDS)
+        self.close()
+
+    def close(self) -> None:
+        """Close the duplicate socket, and end the body for aiohttp (no lingering)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._request.content.feed_eof()
+
+
+#: The request's :class:`SocketBody` once it handed its body to a worker thread: the
+#: middleware calls its :meth:`~SocketBody.linger` once the answer is sent.
+DETACHED: web.RequestKey[SocketBody] = web.RequestKey("detached")
+
+
+def raw_body(request: web.BaseRequest, registry: Registry, idle_timeout: float,
+             threads: Executor) -> RawBody:
+    """A raw request body: a :class:`SocketBody` (read by ``threads`` once handed over) when
+    the request came through a recsink :class:`~recsink.connections.Connection` with a
+    ``Content-Length``, else a :class:`RawBody`."""
+    connection = registry.of(request)
+    if connection is None or request.content_length is None:
+        return RawBody(request.content, idle_timeout)
+    return SocketBody(request, connection, idle_timeout, threads)
 
 
 class ChunksBody:

@@ -83,12 +83,11 @@ class ServerSettings(_Section):
     max_connections: int = Field(1024, ge=1)
     #: Uploads received at once; beyond, 503 with Retry-After (the PBX retries).
     max_uploads: int = Field(256, ge=1)
-    #: Bytes read from a connection's socket at a time, at most; a connection holds about
-    #: this plus 64 KiB unread before recsink stops reading it.
-    read_bufsize: int = Field(256 * KiB, ge=64 * KiB, le=16 * MiB)
-    #: Memory for what all connections read ahead of their handlers, bytes: with many
-    #: connections open, all read less than ``read_bufsize`` at a time (their share of
-    #: this, 64 KiB at least).
+    #: aiohttp's read buffer per request, bytes: it stops reading a connection holding twice
+    #: this unread. (The rest of a large raw upload is read by a worker thread instead.)
+    read_bufsize: int = Field(64 * KiB, ge=16 * KiB, le=16 * MiB)
+    #: No longer used (bodies are read off the event loop); accepted so that existing
+    #: configuration files still load.
     read_buffer_bytes: int = Field(16 * MiB, ge=1 * MiB)
     #: Seconds in-flight requests get to finish after SIGTERM/SIGINT; the rest are aborted
     #: (nothing partial is kept; the PBX retries them).

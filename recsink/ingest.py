@@ -31,10 +31,12 @@ import base64
 import hashlib
 import mmap
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import aiojobs
 
@@ -55,11 +57,13 @@ from recsink.commit import Commits, Held
 from recsink.config import IngestSettings
 from recsink.errors import Malformed, NotAudio, RecsinkError, TooLarge
 from recsink.metrics import Metrics
-from recsink.storage import Staging, Storage, StorageError
+from recsink.storage import Staging, Storage, StorageError, ThreadWritable
 from recsink.storage.keys import render_key
 
 #: Blocks are multiples of this many bytes (and so of any O_DIRECT alignment).
 MIN_BLOCK = 64 * 1024
+
+_T = TypeVar("_T")
 
 class Body(Protocol):
     """A recording's bytes as they arrive."""
@@ -69,6 +73,26 @@ class Body(Protocol):
         body is complete. Raises :class:`~recsink.errors.RecsinkError` when the body breaks
         off (client gone: :class:`~recsink.errors.Malformed`, silent too long:
         :class:`~recsink.errors.Stalled`, malformed framing)."""
+
+
+class BlockReader(Protocol):
+    """The rest of a body, read with blocking calls by a worker thread."""
+
+    def fill(self, view: memoryview) -> int:
+        """Blocking: fill ``view`` with the body's next bytes; fewer only at its end.
+        Raises :class:`~recsink.errors.RecsinkError` like :meth:`Body.read`."""
+
+    def interrupt(self) -> None:
+        """Make a :meth:`fill` in progress fail soon (from any thread)."""
+
+
+@runtime_checkable
+class DirectBody(Protocol):
+    """A :class:`Body` whose rest can be read off the event loop."""
+
+    def direct(self) -> BlockReader | None:
+        """The rest of the body for a worker thread, or None to keep reading it with
+        :meth:`Body.read`. Once it returns a reader, the body is read only through it."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +156,33 @@ class _Blocks:
         self._body = body
         self._over = b""  # read past the end of the last block filled
         self.total = 0
+        self.reader: BlockReader | None = None  # the rest, for a worker thread
+
+    def go_direct(self) -> BlockReader | None:
+        """Read the rest of the body through its :class:`BlockReader` (from now on with
+        :meth:`fill_blocking` only), when it has one."""
+        if isinstance(self._body, DirectBody):
+            self.reader = self._body.direct()
+        return self.reader
+
+    def read_blocking(self, n: int) -> bytes:
+        """:meth:`read`, on a worker thread, through :attr:`reader`."""
+        buffer = bytearray(n)
+        with memoryview(buffer) as view:
+            got = self.fill_blocking(view)
+        return bytes(buffer[:got])
+
+    def fill_blocking(self, view: memoryview) -> int:
+        """:meth:`fill`, on a worker thread, through :attr:`reader`."""
+        assert self.reader is not None
+        got = 0
+        if self._over:
+            got = min(len(self._over), len(view))
+            view[:got] = memoryview(self._over)[:got]
+            self._over = self._over[got:]
+        n = self.reader.fill(view[got:])
+        self.total += n
+        return got + n
 
     async def read(self, n: int) -> bytes:
         """``n`` bytes, fewer only at the end of the body."""
@@ -184,6 +235,7 @@ class Ingestor:
         commits: Commits,
         metrics: Metrics,
         jobs: aiojobs.Scheduler,
+        threads: int = 8,
     ) -> None:
         self.settings = settings
         self.key_template = key_template
@@ -195,7 +247,14 @@ class Ingestor:
         self._jobs = jobs
         self._streaming = 0  # uploads between their first and last block
         self._block_bytes = 0  # their blocks, bytes
+        #: Bodies read off the event loop: one thread per upload at most (``threads``, the
+        #: uploads received at once), each blocking on its client's socket.
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="recsink-body")
         self._log = logs.get_logger()
+
+    def close(self) -> None:
+        """Stop the body threads (after the last upload)."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
     def check_length(self, declared: int | None) -> None:
         """Raise :class:`TooLarge` when a declared body length is over the cap."""
@@ -221,7 +280,10 @@ class Ingestor:
             if existing is not None and existing.settled:
                 return self._duplicate(intake, existing, started)
         blocks = _Blocks(intake.body)
-        head = await blocks.read(SNIFF_BYTES)
+        if (reader := blocks.go_direct()) is not None:  # off the loop from its first byte
+            head = await self._in_thread(reader, blocks.read_blocking, SNIFF_BYTES)
+        else:
+            head = await blocks.read(SNIFF_BYTES)
         fmt = self._format(head, intake)
         record = self._new_record(intake, key)
         if intake.held is not None:
@@ -349,8 +411,13 @@ class Ingestor:
         ``attempt.sha256`` once the body is complete and checked.
 
         The block is one page-aligned buffer per upload (so disk storage can write it with
-        O_DIRECT), of :meth:`block_size` bytes, filled in place and handed to storage with
-        the hashing: one thread hop per block, no copy made per block."""
+        O_DIRECT), of :meth:`block_size` bytes, filled in place. A body with a
+        :class:`BlockReader` (a raw upload's socket) is read by a worker thread: for a
+        staging that takes writes from a thread (disk), that thread reads, hashes and
+        writes the whole body, and the event loop does nothing per block; otherwise it
+        fills and hashes each block, and the loop hands it to storage. Other bodies are
+        read on the loop, each block then hashed with its write: one thread hop per block,
+        no copy made per block."""
         intake, blocks, staging, held = attempt.intake, attempt.blocks, attempt.staging, \
             attempt.held
         assert staging is not None
@@ -360,6 +427,7 @@ class Ingestor:
         digest = partial(_update, sha256, md5)
         received = self.metrics.bytes_received.labels(intake.source)
         edges = not self.storage.local_files
+        reader = blocks.reader
         size = self.block_size()
         buffer = mmap.mmap(-1, size)
         self._block_bytes += size
@@ -367,23 +435,34 @@ class Ingestor:
         try:
             with memoryview(buffer) as view:
                 view[:len(head)] = head
-                filled = len(head) + await blocks.fill(view[len(head):])
+                if reader is not None and isinstance(staging, ThreadWritable) and not edges:
+                    await self._in_thread(reader, self._pump, attempt, view, len(head), cap,
+                                          digest, staging, received)
+                    filled = 0
+                elif reader is not None:
+                    filled = len(head) + await self._in_thread(
+                        reader, _fill_hashed, blocks, view, len(head), digest)
+                else:
+                    filled = len(head) + await blocks.fill(view[len(head):])
                 if edges:
                     attempt.head = bytes(view[:min(filled, EDGE_BYTES)])
                 while filled:
-                    if blocks.total > cap:
-                        raise TooLarge("too_large", f"body is over the {cap}-byte limit")
-                    if held.lost:  # taken over: nobody will commit what this receives
-                        raise LeaseLost(held.id)
+                    _check(blocks.total, cap, held)
                     block = view[:filled]
-                    await staging.write(block, digest)
+                    await staging.write(block, None if reader is not None else digest)
                     received.inc(filled)
                     held.moved = True
                     if edges:
                         attempt.tail = (bytes(block[-EDGE_BYTES:]) if filled >= EDGE_BYTES
                                         else (attempt.tail + bytes(block))[-EDGE_BYTES:])
                     block.release()
-                    filled = await blocks.fill(view) if filled == size else 0
+                    if filled < size:
+                        filled = 0
+                    elif reader is not None:
+                        filled = await self._in_thread(reader, _fill_hashed, blocks, view, 0,
+                                                       digest)
+                    else:
+                        filled = await blocks.fill(view)
         finally:
             self._block_bytes -= size  # the buffer is unmapped once its last view is gone
             self._streaming -= 1
@@ -395,6 +474,40 @@ class Ingestor:
             raise Malformed(
                 "content_md5_mismatch", "the body's MD5 differs from the Content-MD5 header")
         attempt.sha256 = sha256.hexdigest()
+
+    @staticmethod
+    def _pump(attempt: _Attempt, view: memoryview, start: int, cap: int,
+              digest: Callable[[memoryview], None], staging: ThreadWritable,
+              received: Any) -> None:
+        """Blocking, on a body thread: the whole rest of the body, block by block, from
+        ``attempt.blocks``' reader into ``staging``, hashed on the way; ``view[:start]``
+        holds the body's first bytes already."""
+        blocks, held, size = attempt.blocks, attempt.held, len(view)
+        filled = start + blocks.fill_blocking(view[start:])
+        while filled:
+            _check(blocks.total, cap, held)
+            with view[:filled] as block:
+                digest(block)
+                staging.write_blocking(block)
+            received.inc(filled)
+            held.moved = True
+            filled = blocks.fill_blocking(view) if filled == size else 0
+
+    async def _in_thread(self, reader: BlockReader, work: Callable[..., _T],
+                         *args: Any) -> _T:
+        """``work(*args)`` on a body thread. When the caller is cancelled (the drain ran
+        out), ``reader`` is interrupted and the thread waited for, so that nothing writes
+        to the staging object once its clean-up begins."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self.threads, partial(work, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            reader.interrupt()
+            await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # it failed because it was interrupted: retrieved
+            raise
 
     def _duplicate(
         self, intake: Intake, record: Recording, started: float, bytes: int = 0
@@ -443,6 +556,26 @@ class Ingestor:
         except RecsinkError as db_exc:  # the client's error is what it needs to see
             self._log.error("catalog.error", id=held.id, error=db_exc.reason())
             self.commits.drop(held)  # its lease expires; the sweeper settles it
+
+
+def _check(total: int, cap: int, held: Held) -> None:
+    """Raise when the body is over ``cap`` bytes, or the lease was taken over (nobody will
+    commit what this upload receives)."""
+    if total > cap:
+        raise TooLarge("too_large", f"body is over the {cap}-byte limit")
+    if held.lost:
+        raise LeaseLost(held.id)
+
+
+def _fill_hashed(blocks: _Blocks, view: memoryview, start: int,
+                 digest: Callable[[memoryview], None]) -> int:
+    """Blocking, on a body thread: fill ``view[start:]`` from the body's reader, then hash
+    the block ``view[:start + filled]``; returns the bytes filled."""
+    filled = blocks.fill_blocking(view[start:])
+    if start + filled:
+        with view[:start + filled] as block:
+            digest(block)
+    return filled
 
 
 def _update(sha256: Any, md5: Any, block: memoryview) -> None:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from aiohttp import web
 from recsink.auth import Admission, UploadAuth
 from recsink.catalog import Catalog
 from recsink.config import Settings
+from recsink.connections import Registry
 from recsink.errors import Unavailable
 from recsink.ingest import Ingestor
 from recsink.metrics import Metrics
@@ -33,12 +33,14 @@ if TYPE_CHECKING:  # the source modules use these keys: no runtime import back t
     from recsink.webhooks import Dispatcher
 
 
-@dataclass
 class Serving:
     """What :func:`recsink.server.serve` tells the app about its listeners: the ops port
-    when /healthz, /readyz, /metrics have their own."""
+    when /healthz, /readyz, /metrics have their own, and the open client connections
+    (:class:`recsink.connections.Registry`)."""
 
-    ops_port: int | None = None
+    def __init__(self) -> None:
+        self.ops_port: int | None = None
+        self.registry = Registry()
 
 
 class UploadGate:

@@ -110,6 +110,13 @@ class Wire:
         body, self.buf = self.buf[:length], self.buf[length:]
         return Reply(status, headers, body)
 
+    def answer_interim(self) -> int:
+        """The next interim (1xx) status, read before the final answer."""
+        while b"\r\n\r\n" not in self.buf:
+            assert self._fill(), f"closed before an answer: {self.buf!r}"
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        return int(head.split(b" ")[1])
+
     def closed_by_server(self) -> bool:
         """True when the server closed the connection with nothing more sent (a socket
         timeout, raised, means it is still open)."""

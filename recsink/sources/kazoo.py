@@ -28,10 +28,9 @@ from urllib.parse import parse_qsl, unquote
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_urldispatcher import _default_expect_handler
 
 from recsink import logs, state
-from recsink.bodies import PartBody, RawBody, guarded, refuse_encoded
+from recsink.bodies import PartBody, guarded, raw_body, refuse_encoded
 from recsink.catalog import Recording
 from recsink.errors import Malformed, NotFound, RecsinkError, TooLarge
 from recsink.ingest import Intake, decode_content_md5
@@ -233,8 +232,8 @@ async def _upload(request: web.Request) -> web.Response:
         intake = Intake(body=PartBody(part, idle), content_md5=md5,
                         **_intake_fields(target, meta))
     else:
-        intake = Intake(body=RawBody(request.content, idle),
-                        content_length=request.content_length, content_md5=md5,
+        body = raw_body(request, request.app[state.SERVING].registry, idle, ingestor.threads)
+        intake = Intake(body=body, content_length=request.content_length, content_md5=md5,
                         **_intake_fields(target, query if target.shape == "A" else {}))
     logs.bind_request(call_id=intake.call_id, recording_id=intake.recording_id)
     # The account is known now (a multipart body's JSON part is read, its media part not).
@@ -375,7 +374,11 @@ async def expect(request: web.Request) -> web.StreamResponse | None:
         request.app[state.GATE].check()
     except RecsinkError:
         return None
-    await _default_expect_handler(request)
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers[hdrs.EXPECT]}")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not begun
     return None
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from recsink.errors import Full, Locked, RecsinkError, Unavailable
 
@@ -140,6 +140,16 @@ class Staging(Protocol):
         outside recsink's disk could not be removed now (a multipart upload S3 did not
         abort: settle it later with :meth:`Storage.discard`). Never raises; safe to call
         more than once."""
+
+
+@runtime_checkable
+class ThreadWritable(Protocol):
+    """A :class:`Staging` whose blocks can also be written from a worker thread (disk):
+    ingest then reads, hashes and writes a body in one thread per upload."""
+
+    def write_blocking(self, block: Buffer) -> None:
+        """Blocking :meth:`Staging.write` (``block``: bytes, or a view the caller reuses
+        once this returns), for a worker thread. Raises :class:`StorageError`."""
 
 
 class Storage(Protocol):

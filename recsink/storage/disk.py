@@ -100,6 +100,13 @@ class DiskStaging:
         except OSError as exc:
             raise _storage_error(exc, "writing the staging file") from exc
 
+    def write_blocking(self, block: Buffer) -> None:
+        assert self._fd is not None, "write after finish"
+        try:
+            self._write(self._fd, block, None)
+        except OSError as exc:
+            raise _storage_error(exc, "writing the staging file") from exc
+
     def _write(self, fd: int, block: Buffer, digest: Digest | None) -> None:
         """Blocking: ``digest(block)``, then every byte of ``block`` to the file."""
         if digest is not None:
