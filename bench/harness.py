@@ -452,6 +452,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="multiply counts and sizes (e.g. 0.05 for a quick run; default 1)")
     p.add_argument("--only", action="append", choices=GROUPS,
                    help="run only this group (repeatable; default: all)")
+    p.add_argument("--row", action="append", dest="rows",
+                   help="run only this row (repeatable): 10m-c1, 10m-c8, 10m-c32, 10m-c128, "
+                        "100m-c4, 1g-c4, sinch-c1, sinch-c32; default: all")
     p.add_argument("--output", type=Path, help="also write the report (markdown) here")
     p.add_argument("--workdir", type=Path,
                    help="where the temporary directory goes (bodies and storage; default: "
@@ -521,7 +524,11 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="recsink-bench-", dir=args.workdir))
     machine = machine_lines(workdir)
-    harness = Harness(workdir, make_plan(args.scale))
+    plan = make_plan(args.scale)
+    if args.rows:
+        plan = Plan([r for r in plan.uploads if r.key in args.rows],
+                    [r for r in plan.events if r.key in args.rows])
+    harness = Harness(workdir, plan)
     started = time.monotonic()
     try:
         with sigterm_interrupts():

@@ -32,6 +32,7 @@ before aiohttp does and frames requests itself, as far as it needs to:
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import socket
@@ -284,7 +285,9 @@ class Connection(asyncio.BufferedProtocol):
         self._state = _State.DROP
         self._stop_timer()
         self.ending = True
-        return taken, raw.dup(), self._left
+        # A socket object of its own on a duplicate descriptor (uvloop's transports give no
+        # socket object that can do I/O): closing it leaves the connection open.
+        return taken, socket.socket(fileno=os.dup(raw.fileno())), self._left
 
     # -- framing ---------------------------------------------------------------------------
 
