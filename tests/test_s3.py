@@ -114,6 +114,33 @@ def test_300_mib_recording_streams_in_bounded_memory(
     assert rss.peak_kib - baseline < 100 * 1024, (baseline, rss.peak_kib)
 
 
+def test_part_buffers_cut_short_are_reused_without_stale_bytes(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """Uploads one after another through a two-buffer pool, each ending in a short part,
+    land byte-identical: a buffer a last part cut short serves later parts, full or short,
+    with none of its earlier bytes."""
+    server = s3_server(part_size=5 * MiB, max_buffer_bytes=10 * MiB)
+    sizes = [7 * MiB + 11, 13 * MiB, 11 * MiB + 3, 5 * MiB + 1, 4 * MiB, 12 * MiB]
+    expected = {}
+    for n, size in enumerate(sizes):
+        digest = hashlib.sha256()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(kazoo_put(path_a(f"reuse-{n}", f"202611-{n:032x}"), size))
+            for block in wav_stream(size, seed=n):
+                digest.update(block)
+                sock.sendall(block)
+            sock.settimeout(60)
+            assert read_status(sock) == 201
+        expected[n] = (size, digest.hexdigest())
+    stored = recordings(s3, bucket)
+    assert sorted(stored.values()) == sorted(sizes)
+    for key, size in stored.items():
+        [n] = [n for n, (s, _) in expected.items() if s == size]
+        assert object_sha256(s3, bucket, key) == expected[n][1], key
+    assert list_multipart_uploads(s3, bucket) == []
+
+
 def test_disconnect_halfway_leaves_no_object_and_no_upload(
     s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
 ) -> None:
