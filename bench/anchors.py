@@ -194,7 +194,7 @@ async def _plain(settings: S3Settings, bucket: str, uploads: Sequence[tuple[Body
         async def one(body: Body, key: str) -> None:
             fd = os.open(body.path, os.O_RDONLY)
             try:
-                if body.size < part:
+                if body.size <= part:
                     async with buffers:
                         await s3.put_object(Bucket=bucket, Key=key, Body=await read(fd, 0),
                                             ContentType="audio/wav")

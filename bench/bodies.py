@@ -31,13 +31,14 @@ class Body:
 
     def s3_etag(self, part_size: int) -> str:
         """The ETag S3 gives these bytes (unquoted): the MD5 for a single PutObject (body
-        smaller than ``part_size``), else the MD5 of the parts' MD5s and ``-<parts>``."""
+        of at most ``part_size``, as recsink and the plain uploader send it), else the MD5
+        of the parts' MD5s and ``-<parts>``."""
         if part_size not in self._etags:
             md5s = []
             with self.path.open("rb") as fh:
                 while part := fh.read(part_size):
                     md5s.append(hashlib.md5(part, usedforsecurity=False).digest())
-            if self.size < part_size:
+            if self.size <= part_size:
                 etag = md5s[0].hex()
             else:
                 etag = (hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()

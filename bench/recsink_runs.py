@@ -47,7 +47,7 @@ def disk_config(workdir: Path, fsync: bool, catalog_url: str | None = None) -> d
 
 def s3_config(workdir: Path, endpoint: str, bucket: str, prefix: str) -> dict[str, Any]:
     """S3 storage in ``s3://<bucket>/<prefix>`` at ``endpoint``, recsink's S3 defaults
-    otherwise (8 MiB parts, 4 in flight per upload, 64 MiB of part buffers)."""
+    otherwise (5 MiB parts, 4 in flight per upload, 40 MiB of part buffers)."""
     return merge(base_config(workdir), {
         "storage": {"backend": "s3", "s3": {
             "url": f"s3://{bucket}/{prefix}", "endpoint_url": endpoint,

@@ -250,7 +250,7 @@ def standin(listing: Mapping[str, Any], bucket: str, prefix: str, keys: Mapping[
         if meta.get("recsink-id") != record_id:
             problems.append(f"{key}: x-amz-meta-recsink-id {meta.get('recsink-id')!r}, "
                             f"catalog record {record_id!r}")
-        if body.size < part_size and meta.get("sha256") != body.sha256:
+        if body.size <= part_size and meta.get("sha256") != body.sha256:
             problems.append(f"{key}: single PutObject with x-amz-meta-sha256 "
                             f"{meta.get('sha256')!r}")
     if listing["uploads"]:

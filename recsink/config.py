@@ -192,13 +192,15 @@ class S3Settings(_Section):
     sse_kms_key_id: str = ""
     #: Storage class for new objects ("" = the bucket's default), e.g. STANDARD_IA.
     storage_class: str = ""
-    #: Multipart part size, bytes (S3's minimum is 5 MiB).
-    part_size: int = Field(8 * MiB, ge=5 * MiB, le=512 * MiB)
+    #: Multipart part size, bytes (S3's minimum is 5 MiB). A body of at most one part goes
+    #: up in one PutObject.
+    part_size: int = Field(5 * MiB, ge=5 * MiB, le=512 * MiB)
     #: Parts of one upload sent while the next is read.
     parts_in_flight: int = Field(4, ge=1, le=64)
     #: Part buffers shared by all uploads, bytes: the bound on recsink's S3 buffer memory.
     #: Uploads wait for a free buffer (reading the client no further) when all are in use.
-    max_buffer_bytes: int = Field(64 * MiB, ge=10 * MiB)
+    #: 8 parts of 5 MiB: as many parts under way as 8 MiB parts in 64 MiB did, in 24 MiB less.
+    max_buffer_bytes: int = Field(40 * MiB, ge=10 * MiB)
     #: Attempts per S3 request, the first included (botocore standard retries, with
     #: backoff, on throttling and 5xx; 1: no retries), and connect/read timeouts in seconds.
     max_attempts: int = Field(5, ge=1, le=20)

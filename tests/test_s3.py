@@ -110,7 +110,7 @@ def test_300_mib_recording_streams_in_bounded_memory(
     assert record["duration_ms"] == (size - 44) * 1000 // 16000
     assert head_metadata(s3, bucket, key)["recsink-id"] == record["id"]
     assert list_multipart_uploads(s3, bucket) == []
-    # the part pool (64 MiB) plus request buffers: flat, far from the 300 MiB body
+    # the part pool (40 MiB) plus request buffers: flat, far from the 300 MiB body
     assert rss.peak_kib - baseline < 100 * 1024, (baseline, rss.peak_kib)
 
 
@@ -138,6 +138,36 @@ def test_part_buffers_cut_short_are_reused_without_stale_bytes(
     for key, size in stored.items():
         [n] = [n for n, (s, _) in expected.items() if s == size]
         assert object_sha256(s3, bucket, key) == expected[n][1], key
+    assert list_multipart_uploads(s3, bucket) == []
+
+
+def test_a_body_of_exactly_one_part_is_one_putobject(
+    s3_server: Callable[..., RunningServer], s3: S3Client, bucket: str,
+) -> None:
+    """A body of exactly ``part_size`` bytes goes up in one PutObject (its object carries the
+    sha256 known only at the end, which a multipart object cannot), one byte more as a
+    multipart upload of two parts."""
+    server = s3_server(part_size=5 * MiB)
+    digests = {}
+    for name, size in (("one-part", 5 * MiB), ("two-parts", 5 * MiB + 1)):
+        digest = hashlib.sha256()
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(kazoo_put(path_a(name, "202611-" + name[0] * 32), size))
+            for block in wav_stream(size):
+                digest.update(block)
+                sock.sendall(block)
+            sock.settimeout(60)
+            assert read_status(sock) == 201
+        digests[name] = digest.hexdigest()
+        [record] = api_get(server, f"/v1/recordings?call_id={name}")["recordings"]
+        key = record["storage_url"].removeprefix(f"s3://{bucket}/")
+        assert object_sha256(s3, bucket, key) == digests[name]
+        etag = s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        meta = head_metadata(s3, bucket, key)
+        if name == "one-part":
+            assert "-" not in etag and meta["sha256"] == digests[name]
+        else:
+            assert etag.endswith("-2") and "sha256" not in meta
     assert list_multipart_uploads(s3, bucket) == []
 
 

@@ -5,7 +5,7 @@ stream and uploaded while the next part is read, at most ``parts_in_flight`` at 
 upload. Part buffers come from one :class:`PartPool` shared by every upload, so recsink's S3
 buffer memory never exceeds ``max_buffer_bytes`` whatever the number or size of uploads; an
 upload that finds no free buffer stops reading its client until one frees up. A body smaller
-than one part goes up with a single PutObject.
+than one part, or of exactly one part, goes up with a single PutObject.
 
 Nothing half-written is ever visible (DESIGN.md invariant 2): a multipart upload is invisible
 until CompleteMultipartUpload, which happens only after the part count and total size are
@@ -172,6 +172,13 @@ class S3Staging:
         pool = self._storage.pool
         view = memoryview(block)
         while view:
+            # A full buffer goes up once more bytes follow it: a body of exactly one part
+            # is still one PutObject at the commit.
+            if self._fill == pool.size:
+                await self._send_part()
+                if self._spool is not None:  # S3 was unreachable: the rest goes to the spool
+                    await self._spool.write(bytes(view))
+                    return
             if self._buffer is None:
                 self._buffer = await pool.acquire()
                 self._buffer.seek(0)
@@ -180,11 +187,6 @@ class S3Staging:
             self._buffer.write(view[:n])
             self._fill += n
             view = view[n:]
-            if self._fill == pool.size:
-                await self._send_part()
-                if self._spool is not None:  # S3 was unreachable: the rest goes to the spool
-                    await self._spool.write(bytes(view))
-                    return
 
     async def _send_part(self) -> None:
         assert self._buffer is not None
@@ -478,7 +480,7 @@ class S3Storage:
     async def open_staging(self, key: str, meta: Mapping[str, Any],
                            on_upload: OnUpload | None = None) -> S3Staging:
         """A staging object that streams to S3, or to the spool while S3 is unreachable. No
-        request is made yet: a body smaller than one part goes up in one PutObject at the
+        request is made yet: a body of at most one part goes up in one PutObject at the
         commit (which never overwrites: a taken key is :class:`KeyTaken`), a larger one
         looks for a free key when its multipart upload opens."""
         if self.reachable:
