@@ -184,7 +184,8 @@ class SocketReader:
 class SocketBody(RawBody):
     """A raw ``Content-Length`` body (a Kazoo ``PUT``) that ingest may take off the event
     loop: read from ``request.content`` like :class:`RawBody`, until :meth:`direct` hands the
-    rest to a worker thread. Whoever made it calls :meth:`close` once ingest is done."""
+    rest to a worker thread. The request's middleware then answers, drops what is left
+    (:meth:`linger`) and closes (:data:`DETACHED`)."""
 
     def __init__(self, request: web.BaseRequest, connection: Connection,
                  idle_timeout: float, threads: Executor) -> None:
@@ -233,13 +234,17 @@ DETACHED: web.RequestKey[SocketBody] = web.RequestKey("detached")
 
 def raw_body(request: web.BaseRequest, registry: Registry, idle_timeout: float,
              threads: Executor) -> RawBody:
-    """A raw request body: a :class:`SocketBody` (read by ``threads`` once handed over) when
-    the request came through a recsink :class:`~recsink.connections.Connection` with a
-    ``Content-Length``, else a :class:`RawBody`."""
+    """A raw request body: a :class:`SocketBody` when the request came through a recsink
+    :class:`~recsink.connections.Connection` with a ``Content-Length`` (handed to a body
+    thread of ``threads`` at once when enough of it is still to come), else a
+    :class:`RawBody`. Call it once the request is admitted: a body handed over is read (or,
+    once answered, dropped) to its end."""
     connection = registry.of(request)
     if connection is None or request.content_length is None:
         return RawBody(request.content, idle_timeout)
-    return SocketBody(request, connection, idle_timeout, threads)
+    body = SocketBody(request, connection, idle_timeout, threads)
+    body.direct()  # hand it over now: aiohttp reads (and buffers) no more of it
+    return body
 
 
 class ChunksBody:
