@@ -211,6 +211,10 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     not know) is rendered as JSON ``{"error", "detail"}`` and logged like every refusal."""
     response.headers.setdefault(REQUEST_ID_HEADER, request_id(request))
     if isinstance(response, web.HTTPException) and response.status >= 400:
+        # The middleware did not see this request (aiohttp's expect handler refused it):
+        # its connection counts it here, to match the requests that follow to their heads.
+        if (connection := request.app[state.SERVING].registry.of(request)) is not None:
+            connection.attach(request)
         error = RecsinkError(response.reason.lower().replace(" ", "_"),
                              (response.text or response.reason)[:200])
         logs.get_logger().warning("request.rejected", status=response.status,

@@ -147,6 +147,27 @@ def test_chunked_framing_broken_mid_body_fails_the_upload(server: RunningServer)
     assert stored_files(server.root) == []
 
 
+def test_broken_chunk_after_an_expectation_failed_still_fails_its_own_request(
+        server: RunningServer) -> None:
+    """After aiohttp's own 417 for an unknown Expect (which recsink's middleware never sees),
+    a later request's broken chunked framing on the same connection still fails that
+    request with a JSON 400."""
+    wire = Wire(server.port)
+    wire.send(b"PUT /kazoo/x.wav HTTP/1.1\r\nhost: x\r\nexpect: bogus\r\n"
+              b"content-length: 1\r\n\r\nx")
+    refused = wire.answer()
+    assert refused.status == 417
+    assert refused.json()["error"] == "expectation_failed"
+    wire.send((f"PUT {path_a('chunk2', '202612-chunk2')} HTTP/1.1\r\nhost: x\r\n"
+               "content-type: audio/wav\r\ntransfer-encoding: chunked\r\n"
+               "expect: 100-continue\r\n\r\n").encode())
+    assert wire.answer_interim() == 100
+    wire.send(b"10\r\nRIFF0123456789ab\r\n+1\r\n")
+    reply = wire.answer()
+    assert reply.status == 400
+    assert "chunk-size" in reply.json()["detail"]
+
+
 def test_recsink_touches_no_private_attribute_of_a_dependency() -> None:
     """Every ``obj._name`` read or written in recsink/ names an attribute recsink defines
     itself (aiohttp's, or any other dependency's, private ones are never used), and no
