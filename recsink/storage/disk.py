@@ -195,6 +195,7 @@ class DiskStorage:
 
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root.absolute()
+        self._real_root = str(self.root.resolve())  # again once the root exists (start)
         self.staging_dir = self.root / STAGING_DIR
         self.fsync = fsync
         self._direct = fsync  # until the file system refuses O_DIRECT
@@ -209,6 +210,7 @@ class DiskStorage:
 
     def _prepare(self) -> int:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._real_root = str(self.root.resolve())
         swept = 0
         for leftover in self.staging_dir.iterdir():
             leftover.unlink(missing_ok=True)
@@ -249,11 +251,14 @@ class DiskStorage:
         return os.open(path, flags, 0o666), False
 
     def path(self, key: str) -> Path:
-        """The file for ``key``; raises ValueError for a key that would leave the root."""
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()) or path == self.root.resolve():
+        """The file for ``key``; raises ValueError for a key that would leave the root
+        (``..``, an absolute key). The check is on the path's text (the root's symlinks
+        resolved once, at start): keys are recsink's own, and a symlink inside the root
+        is the operator's doing (resolving every key cost a stat per path component)."""
+        path = os.path.normpath(os.path.join(self._real_root, key))
+        if not path.startswith(os.path.join(self._real_root, "")) or path == self._real_root:
             raise ValueError(f"key {key!r} is outside the storage root")
-        return path
+        return Path(path)
 
     def place(self, staged: Path, key: str) -> None:
         """Blocking: hard-link ``staged`` at ``key``, drop the staging name, fsync what
