@@ -112,6 +112,9 @@ DIRECT_MIN = 256 * 1024
 LINGER_SECONDS = 10.0
 
 
+_NOTHING = memoryview(b"")
+
+
 class SocketReader:
     """The rest of a request's Content-Length body, read straight from the connection's
     socket by a worker thread: blocking ``recv_into`` calls into the caller's buffer (they
@@ -134,7 +137,8 @@ class SocketReader:
         if self._pending:
             got = min(len(self._pending), room)
             view[:got] = self._pending[:got]
-            self._pending = self._pending[got:]
+            # Once all taken, let the bytes go (an empty slice would still hold them).
+            self._pending = self._pending[got:] if got < len(self._pending) else _NOTHING
         while got < room and self._left:
             try:
                 n = self._sock.recv_into(view[got:], min(room - got, self._left))
@@ -160,7 +164,7 @@ class SocketReader:
         closing the connection does not reset it under its answer (what aiohttp's lingering
         close does for bodies it reads). Never raises."""
         deadline = time.monotonic() + seconds
-        self._pending = memoryview(b"")
+        self._pending = _NOTHING
         scratch = memoryview(bytearray(64 * 1024))
         with contextlib.suppress(OSError):
             while self._left and (wait := deadline - time.monotonic()) > 0:
@@ -221,10 +225,14 @@ class SocketBody(RawBody):
         self.close()
 
     def close(self) -> None:
-        """Close the duplicate socket, and end the body for aiohttp (no lingering)."""
+        """Close the duplicate socket, and end the body for aiohttp (no lingering). The
+        request lets go of this body (which held it: a cycle, and the bytes it holds would
+        wait for the garbage collector's oldest generation)."""
         if self._reader is not None:
             self._reader.close()
+            self._reader = None
             self._request.content.feed_eof()
+            self._request.pop(DETACHED, None)
 
 
 #: The request's :class:`SocketBody` once it handed its body to a worker thread: the

@@ -85,9 +85,9 @@ class ServerSettings(_Section):
     max_uploads: int = Field(256, ge=1)
     #: aiohttp's read buffer per request, bytes: it stops reading a connection holding twice
     #: this unread. (The rest of a large raw upload is read by a worker thread instead.)
-    read_bufsize: int = Field(64 * KiB, ge=16 * KiB, le=16 * MiB)
-    #: No longer used (bodies are read off the event loop); accepted so that existing
-    #: configuration files still load.
+    read_bufsize: int = Field(16 * KiB, ge=4 * KiB, le=16 * MiB)
+    #: Memory for what connections read ahead of their handlers, bytes: once a request is
+    #: taken up, its connection reads its share of this at a time (16-256 KiB).
     read_buffer_bytes: int = Field(16 * MiB, ge=1 * MiB)
     #: Seconds in-flight requests get to finish after SIGTERM/SIGINT; the rest are aborted
     #: (nothing partial is kept; the PBX retries them).

@@ -73,6 +73,26 @@ _CHUNK_SIZE = re.compile(
 _TRAILER = re.compile(_TOKEN + rb":[\t\x20-\x7e\x80-\xff]*")
 
 
+#: Bytes a connection reads at a time until recsink takes up its request: a head, and the
+#: start of a body that may soon be handed to a thread.
+HEAD_READ = 16 * 1024
+
+
+class ReadSizes:
+    """How much a connection reads from its socket at a time once its request is taken up:
+    its share of ``budget`` bytes among the connections open, between :data:`HEAD_READ` and
+    ``largest`` (larger reads cost less work per byte; together they stay within the
+    budget). ``buffer`` is the read buffer the connections of a listener share."""
+
+    def __init__(self, budget: int, largest: int) -> None:
+        self.budget = budget
+        self.largest = max(largest, HEAD_READ)
+        self.buffer = memoryview(bytearray(self.largest))
+
+    def share(self, connections: int) -> int:
+        return max(HEAD_READ, min(self.largest, self.budget // max(1, connections)))
+
+
 class ConnectionCap:
     """``server.max_connections``: client connections open at once, on every listener
     together. A connection beyond it is closed as soon as it is accepted, before a byte is
@@ -165,16 +185,18 @@ class Connection(asyncio.BufferedProtocol):
     """One client connection: the cap, the head deadline, raw UTF-8 targets, refusals as
     JSON and body framing (module docstring), in front of aiohttp's ``RequestHandler``.
 
-    The socket is read into ``read_buffer``, which every connection of a listener shares
+    The socket is read into ``reads``' buffer, which every connection of a listener shares
     (asyncio calls :meth:`get_buffer`, ``recv_into`` and :meth:`buffer_updated` in one go,
-    and the bytes are copied out at once): its size bounds each read, and so what a
-    connection holds beyond aiohttp's own limit (``server.read_bufsize``)."""
+    and the bytes are copied out at once), :data:`HEAD_READ` bytes at a time until recsink
+    takes up the request (a raw upload's body is then handed to its thread, before aiohttp
+    buffers much of it), then its share of ``server.read_buffer_bytes``
+    (:class:`ReadSizes`)."""
 
     def __init__(self, inner: web.RequestHandler, registry: Registry, cap: ConnectionCap,
-                 header_timeout: float, limits: dict[str, int],
-                 read_buffer: memoryview) -> None:
+                 header_timeout: float, limits: dict[str, int], reads: ReadSizes) -> None:
         self._inner = inner
-        self._read_buffer = read_buffer
+        self._reads = reads
+        self._read = reads.buffer[:HEAD_READ]
         self._registry = registry
         self._cap = cap
         self._timeout = header_timeout
@@ -207,10 +229,10 @@ class Connection(asyncio.BufferedProtocol):
         self._inner.connection_made(transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_buffer
+        return self._read
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._read_buffer[:nbytes]))
+        self.data_received(bytes(self._read[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         if self._state is _State.LENGTH and len(data) <= self._left:  # the hot path
@@ -257,6 +279,7 @@ class Connection(asyncio.BufferedProtocol):
             else _Head(self._handled)
         head.content = request.content
         self._attached = head
+        self._read = self._reads.buffer[:self._reads.share(self._cap.open)]
         if head.error is not None:
             request.content.set_exception(head.error)
 

@@ -42,10 +42,19 @@ from aiohttp import web
 from recsink import logs, state
 from recsink.app import cancel_and_wait, create_app
 from recsink.config import Settings
-from recsink.connections import FLOOD_LOG_INTERVAL, Connection, ConnectionCap, Refused, Registry
+from recsink.connections import (
+    FLOOD_LOG_INTERVAL,
+    Connection,
+    ConnectionCap,
+    ReadSizes,
+    Refused,
+    Registry,
+)
 from recsink.metrics import Metrics
 from recsink.notify import Notifier
 
+#: The largest socket read, bytes (asyncio's own read size).
+READ_LARGEST = 256 * 1024
 #: Request-head limits, for aiohttp's parser and the check before it (aiohttp's defaults).
 HEAD_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 128}
 
@@ -57,9 +66,9 @@ class Listeners:
     beyond the cap."""
 
     def __init__(self, server: web.Server, registry: Registry, cap: ConnectionCap,
-                 header_timeout: float, read_size: int) -> None:
+                 header_timeout: float, reads: ReadSizes) -> None:
         self._server = server
-        self._read_buffer = memoryview(bytearray(read_size))
+        self._reads = reads
         self._registry = registry
         self._cap = cap
         self._header_timeout = header_timeout
@@ -68,7 +77,7 @@ class Listeners:
         if self._cap.full:
             return Refused(self._cap)  # nothing is built for it
         return Connection(self._server(), self._registry, self._cap, self._header_timeout,
-                          HEAD_LIMITS, self._read_buffer)
+                          HEAD_LIMITS, self._reads)
 
 
 #: File descriptors recsink keeps for itself besides client connections, uploads, pulls
@@ -187,7 +196,8 @@ async def serve(settings: Settings, notifier: Notifier | None = None) -> None:
     assert runner.server is not None
     cap = ConnectionCap(settings.server.max_connections, app[state.METRICS])
     factory = Listeners(runner.server, app[state.SERVING].registry, cap,
-                        settings.server.header_timeout, settings.server.read_bufsize)
+                        settings.server.header_timeout,
+                        ReadSizes(settings.server.read_buffer_bytes, READ_LARGEST))
     watchdog = asyncio.create_task(notifier.watchdog())
     listeners: list[asyncio.Server] = []
     try:
