@@ -264,7 +264,7 @@ async def test_schema_is_migrated_once_and_newer_is_refused(
     again = await open_catalog()
     assert await again.schema_version() == LATEST
     if isinstance(catalog, SqliteCatalog):
-        await catalog._db.execute(f"PRAGMA user_version = {LATEST + 1}")
+        await catalog.execute_on_writer(f"PRAGMA user_version = {LATEST + 1}")
     else:
         with psycopg.connect(catalog.url, autocommit=True) as conn:
             conn.execute("UPDATE recsink_schema SET version = %s", (LATEST + 1,))

@@ -134,7 +134,7 @@ async def test_full_catalog_answers_507_and_keeps_nothing(make_client: Any) -> N
                              params={"recording_id": "r0"})
     assert first.status == 201
     catalog = client.app[state.CATALOG]
-    await catalog._db.execute("PRAGMA max_page_count = 1")  # cap the file at its current size
+    await catalog.execute_on_writer("PRAGMA max_page_count = 1")  # cap the file at its current size
     statuses = []
     for n in range(1, 30):
         reply = await client.put(f"/kazoo/call_recording_c{n}.mp3", data=TESTBODY + bytes([n]),
@@ -164,7 +164,7 @@ async def test_a_commit_the_catalog_cannot_complete_is_settled_not_deleted(
     client = await make_client(catalog={"sweep_interval": 0.1, "lease_ttl": 1.0})
     catalog = client.app[state.CATALOG]
     # A real SQLite trigger refuses exactly the completing write.
-    await catalog._db.execute(
+    await catalog.execute_on_writer(
         "CREATE TRIGGER refuse_completion BEFORE UPDATE OF status ON recordings "
         "WHEN NEW.status = 'completed' BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END")
     reply = await client.put("/kazoo/call_recording_c1.mp3", data=TESTBODY,
@@ -173,7 +173,7 @@ async def test_a_commit_the_catalog_cannot_complete_is_settled_not_deleted(
     assert (await reply.json())["error"] == "catalog_unavailable"
     root = client.app[state.SETTINGS].storage.disk.root
     assert len(stored_files(root)) == 1
-    await catalog._db.execute("DROP TRIGGER refuse_completion")
+    await catalog.execute_on_writer("DROP TRIGGER refuse_completion")
     again = await client.put("/kazoo/call_recording_c1.mp3", data=TESTBODY,
                              params={"recording_id": "r1"})
     assert again.status == 200
@@ -187,13 +187,13 @@ async def test_concurrent_writes_share_a_commit_and_fail_alone(tmp_path: Path) -
     """Writes issued together are committed together (fewer WAL commits than writes), each
     gets its own row back, and a statement that fails fails only its own caller."""
     catalog = await SqliteCatalog.open(tmp_path / "c.db")
-    await catalog._db.execute(
+    await catalog.execute_on_writer(
         "CREATE TRIGGER refuse_one BEFORE INSERT ON recordings "
         "WHEN NEW.idempotency_key = 'k:7' BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    await catalog._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an empty WAL
+    await catalog.execute_on_writer("PRAGMA wal_checkpoint(TRUNCATE)")  # an empty WAL
     results = await asyncio.gather(
         *(acquire(catalog, f"k:{n}") for n in range(20)), return_exceptions=True)
-    [(_, wal_frames, _)] = await catalog._db.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+    [(_, wal_frames, _)] = await catalog.execute_on_writer("PRAGMA wal_checkpoint(PASSIVE)")
     assert wal_frames < 20  # 20 transactions would append at least one frame each
     refused = [r for r in results if isinstance(r, BaseException)]
     assert len(refused) == 1
@@ -262,8 +262,8 @@ async def test_batch_cut_by_a_full_catalog_keeps_exactly_what_it_acknowledged(
     middle of a group commit, every write that was answered with its row is durable and
     every write that was answered with an error left nothing."""
     catalog = await SqliteCatalog.open(tmp_path / "c.db")
-    [(pages,)] = await catalog._db.execute_fetchall("PRAGMA page_count")
-    await catalog._db.execute(f"PRAGMA max_page_count = {pages + 6}")
+    [(pages,)] = await catalog.execute_on_writer("PRAGMA page_count")
+    await catalog.execute_on_writer(f"PRAGMA max_page_count = {pages + 6}")
     results = await asyncio.gather(
         *(acquire(catalog, f"k:{n}", metadata={"note": f"{n}" * 1500}) for n in range(40)),
         return_exceptions=True)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,15 +53,18 @@ class SqliteCatalog(Catalog):
 
     shared: ClassVar[bool] = False
 
-    def __init__(self, path: Path, db: aiosqlite.Connection,
+    def __init__(self, path: Path, db: sqlite3.Connection, writer: ThreadPoolExecutor,
                  reader: aiosqlite.Connection) -> None:
         super().__init__(sql.SQLITE)
         self.path = path
         #: The file opened (device, inode): a file deleted or replaced under a running
         #: process takes its writes into nothing (``check_writable``).
         self._identity = _identity(path)
-        #: The writer connection; every write goes through :meth:`_write`.
+        #: The writer connection, used only on its own thread (``writer``): a group commit
+        #: runs there whole, one hand-off for the batch (aiosqlite would take two per
+        #: statement, each waiting for the busy event loop).
         self._db = db
+        self._writer = writer
         self._reader = reader
         self._group = GroupCommit(self._commit)
 
@@ -88,12 +92,23 @@ class SqliteCatalog(Catalog):
             if isinstance(exc, sqlite3.Error):
                 raise CatalogUnavailable(f"{path}: {exc}") from exc
             raise
-        return cls(path, db, reader)
+        await db.close()
+        writer = ThreadPoolExecutor(1, thread_name_prefix="recsink-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(writer, _connect, path)
+        except BaseException as exc:
+            writer.shutdown(wait=False)
+            await reader.close()
+            if isinstance(exc, sqlite3.Error):
+                raise CatalogUnavailable(f"{path}: {exc}") from exc
+            raise
+        return cls(path, conn, writer, reader)
 
     async def close(self) -> None:
         await self._group.drain()
         await self._reader.close()
-        await self._db.close()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._db.close)
+        self._writer.shutdown()
 
     def describe(self) -> str:
         return str(self.path)
@@ -131,37 +146,68 @@ class SqliteCatalog(Catalog):
         except sqlite3.Error as exc:
             raise _translate(exc) from exc
 
+    async def execute_on_writer(self, statement: str,
+                                args: Mapping[str, Any] | None = None) -> list[Row]:
+        """One statement on the writer connection, outside group commit (a PRAGMA, a
+        trigger: maintenance and tests); its rows. Raises ``sqlite3.Error``."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._writer, lambda: self._db.execute(statement, args or {}).fetchall())
+
     async def _commit(self, batch: list[Write]) -> None:
-        """One transaction for ``batch``; each write gets its rows after the commit, or the
-        error of its own statement (a failed statement undoes only itself), or the
-        commit's error."""
-        db = self._db
-        if len(batch) == 1:  # autocommit: no BEGIN/COMMIT round trips
-            write = batch[0]
-            write.answer(list(await db.execute_fetchall(write.statement, write.args)))
-            return
-        await db.execute("BEGIN IMMEDIATE")
-        ran: list[tuple[Write, list[Row]]] = []
-        for write in batch:
-            try:
-                rows: list[Row] = list(await db.execute_fetchall(write.statement, write.args))
-            except sqlite3.Error as exc:
-                if not db.in_transaction:  # the error rolled back the writes before it too
-                    for earlier, _ in ran:
-                        earlier.answer(error=exc)
-                    ran = []
-                    await db.execute("BEGIN IMMEDIATE")
-                write.answer(error=exc)
-                continue
-            ran.append((write, rows))
+        """One transaction for ``batch``, run whole on the writer's thread; each write gets
+        its rows after the commit, or the error of its own statement (a failed statement
+        undoes only itself), or the commit's error."""
+        statements = [(write.statement, write.args) for write in batch]
+        outcomes = await asyncio.get_running_loop().run_in_executor(
+            self._writer, _run_batch, self._db, statements)
+        for write, (rows, error) in zip(batch, outcomes, strict=True):
+            write.answer(rows, error)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Blocking, on the writer's thread: the writer connection (autocommit; transactions
+    are explicit)."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+_Outcome = tuple[list[Row] | None, BaseException | None]
+
+
+def _run_batch(db: sqlite3.Connection,
+               statements: list[tuple[str, Mapping[str, Any]]]) -> list[_Outcome]:
+    """Blocking, on the writer's thread: ``statements`` in one ``BEGIN IMMEDIATE``
+    transaction (one alone in autocommit); each one's rows or error. Raises the commit's
+    error (after a rollback)."""
+    if len(statements) == 1:  # autocommit: no BEGIN/COMMIT
+        statement, args = statements[0]
         try:
-            await db.execute("COMMIT")
-        except sqlite3.Error:
-            with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
-            raise
-        for write, rows in ran:
-            write.answer(rows)
+            return [(db.execute(statement, args).fetchall(), None)]
+        except sqlite3.Error as exc:
+            return [(None, exc)]
+    outcomes: list[_Outcome] = []
+    ran: list[int] = []  # statements in the open transaction that succeeded
+    db.execute("BEGIN IMMEDIATE")
+    for statement, args in statements:
+        try:
+            outcomes.append((db.execute(statement, args).fetchall(), None))
+            ran.append(len(outcomes) - 1)
+        except sqlite3.Error as exc:
+            if not db.in_transaction:  # the error rolled back the writes before it too
+                for earlier in ran:
+                    outcomes[earlier] = (None, exc)
+                ran = []
+                db.execute("BEGIN IMMEDIATE")
+            outcomes.append((None, exc))
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+    return outcomes
 
 
 async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None:
