@@ -68,6 +68,7 @@ from bench.report import (
     RS_NULL,
     RS_SINCH,
     RS_SINCH_PG,
+    RS_SINCH_UVLOOP,
     Result,
     Results,
     Row,
@@ -79,7 +80,7 @@ from bench.report import (
 from bench.s3_discard import DiscardS3
 from bench.sinch_events import call_jobs, new_application, verify_catalog
 from recsink.config import S3Settings, mask_dsn
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, merge
 from tests.pg_support import PostgresServer, PostgresUnavailable, postgres_server
 from tests.s3support import MotoServer, s3_client
 
@@ -405,17 +406,20 @@ class Harness:
             if warm.unexpected(frozenset({200})):
                 raise RuntimeError(f"warm-up events answered {[r.status for r in warm.replies]}")
 
-        def one(row: Row, postgres: bool) -> None:
-            """The row on a SQLite catalog or (``postgres``) a fresh PostgreSQL database."""
-            name = RS_SINCH_PG if postgres else RS_SINCH
+        def one(row: Row, name: str) -> None:
+            """The row on a SQLite catalog, on a fresh PostgreSQL database
+            (:data:`RS_SINCH_PG`), or on SQLite under uvloop (:data:`RS_SINCH_UVLOOP`)."""
+            postgres = name == RS_SINCH_PG
             if postgres and self.pg_skipped(row, name):
                 return
+            loop = "uvloop" if name == RS_SINCH_UVLOOP else "asyncio"
             jobs = call_jobs(key, secret, row.key, row.count)
             with contextlib.ExitStack() as stack:
                 url = stack.enter_context(self.pg_database()) if postgres else None
                 server = stack.enter_context(self.recsink(
-                    f"recsink-sinch{'-pg' if postgres else ''}-{row.key}",
-                    lambda workdir: sinch_config(workdir, key, secret, url), warm_up))
+                    f"recsink-sinch{'-pg' if postgres else ''}-{loop}-{row.key}",
+                    lambda workdir: merge(sinch_config(workdir, key, secret, url),
+                                          {"server": {"event_loop": loop}}), warm_up))
                 catalog: Path | str = url or Path(server.config["catalog"]["path"])
 
                 def check(load: Load) -> list[str]:
@@ -425,8 +429,8 @@ class Harness:
                 self.recsink_row(row, server, name, jobs, check)
 
         for index, row in enumerate(self.plan.events):
-            for name in self.order(index, [RS_SINCH, RS_SINCH_PG]):
-                one(row, postgres=name == RS_SINCH_PG)
+            for name in self.order(index, [RS_SINCH, RS_SINCH_UVLOOP, RS_SINCH_PG]):
+                one(row, name)
 
     def run(self, groups: list[str]) -> None:
         with self._lasting:  # stops a private PostgreSQL cluster, if one was started

@@ -24,6 +24,7 @@ PLAIN_NULL = "aiobotocore -> discard S3"
 RS_NULL = "recsink S3 -> discard S3"
 RS_SINCH = "recsink Sinch events"
 RS_SINCH_PG = "recsink Sinch events, PostgreSQL catalog"
+RS_SINCH_UVLOOP = "recsink Sinch events, uvloop"
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _rss(r: Result) -> str:
 
 #: The table's order of servers within a row (disk group, S3 group, Sinch).
 SERVERS = [DD_FSYNC, RS_FSYNC, RS_FSYNC_PG, DD, NGINX, RS_NOFSYNC, PLAIN_MOTO, RS_MOTO,
-           PLAIN_NULL, RS_NULL, RS_SINCH, RS_SINCH_PG]
+           PLAIN_NULL, RS_NULL, RS_SINCH, RS_SINCH_UVLOOP, RS_SINCH_PG]
 
 
 def results_table(results: list[Result]) -> list[str]:
@@ -233,6 +234,7 @@ def targets(results: Results) -> list[Target]:
                           None if p99 is None else p99 <= most_p99))
 
     sinch_targets(RS_SINCH, "", 3000, 20)
+    sinch_targets(RS_SINCH_UVLOOP, ", uvloop (server.event_loop)", 3000, 20)
     sinch_targets(RS_SINCH_PG, ", PostgreSQL catalog", 2000, 30)
     ratio_target("disk, fsync on, 10 MiB c32: PostgreSQL catalog / SQLite catalog",
                  "10m-c32", RS_FSYNC_PG, RS_FSYNC, 0.9)

@@ -88,11 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "erasures":
         return _reapply(settings, args.log or settings.retention.erasure_log)
 
+    import uvloop
+
     from recsink.server import DescriptorShortage, serve  # aiohttp is only needed to serve
 
     logs.configure(settings.log.level, _log_secrets(settings))
     try:
-        asyncio.run(serve(settings))
+        if settings.server.event_loop == "uvloop":
+            uvloop.run(serve(settings))
+        else:
+            asyncio.run(serve(settings))
     except DescriptorShortage as exc:  # the environment, not a bug: no traceback
         logs.get_logger().error("server.failed", error=str(exc))
         return 1

@@ -69,6 +69,10 @@ class ServerSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    #: The event loop: Python's own ``asyncio``, or ``uvloop`` (libuv: about 5 % more small
+    #: requests per second, bench/RESULTS.md; but accept() failures when file descriptors
+    #: run out are retried by libuv without a word, so recsink cannot count or log them).
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     #: Seconds a request body may stay silent before the upload is failed (408).
     body_idle_timeout: float = Field(60.0, gt=0)
     #: Seconds a client gets to send a request head: a new connection from its opening, a

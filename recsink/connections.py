@@ -39,7 +39,7 @@ import socket
 from dataclasses import dataclass, field
 from enum import Enum, auto
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import StreamReader, web
 from aiohttp.http import HttpRequestParser
@@ -221,10 +221,10 @@ class Connection(asyncio.BufferedProtocol):
         if not self._cap.admit():
             self._cap.refuse(transport)
             return
-        assert isinstance(transport, asyncio.Transport)
         self._admitted = True
-        self._transport = transport
-        self._registry.connections[transport] = self
+        # A stream transport (uvloop's does not subclass asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+        self._registry.connections[self._transport] = self
         self._start_timer()
         self._inner.connection_made(transport)
 

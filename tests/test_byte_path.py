@@ -168,6 +168,20 @@ def test_broken_chunk_after_an_expectation_failed_still_fails_its_own_request(
     assert "chunk-size" in reply.json()["detail"]
 
 
+def test_uvloop_serves_the_same_byte_path(start_server: Callable[..., RunningServer]) -> None:
+    """With server.event_loop = "uvloop", a large raw upload is read by its thread and
+    stored whole, and raw UTF-8 in a query is accepted."""
+    server = start_server(server={"event_loop": "uvloop"})
+    body = noise_wav(2 * MiB, seed=7)
+    wire = Wire(server.port)
+    wire.send(kazoo_put(path_a("uv", "202612-uv") + "&caller_id_name=José", len(body)) + body)
+    reply = wire.answer()
+    assert reply.status == 201, reply.body
+    assert reply.json()["metadata"]["caller_id_name"] == "José"
+    [stored] = stored_files(server.root)
+    assert stored.read_bytes() == body
+
+
 def test_recsink_touches_no_private_attribute_of_a_dependency() -> None:
     """Every ``obj._name`` read or written in recsink/ names an attribute recsink defines
     itself (aiohttp's, or any other dependency's, private ones are never used), and no
