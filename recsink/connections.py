@@ -323,20 +323,13 @@ class Connection(asyncio.BufferedProtocol):
             state = self._state
             if state is _State.HEAD:
                 pos = self._read_head(data, pos, out)
-            elif state is _State.LENGTH:
+            elif state is _State.LENGTH or state is _State.CHUNK_DATA:  # counted bytes
                 n = min(self._left, end - pos)
                 out.append(data[pos:pos + n])
                 self._left -= n
                 pos += n
                 if not self._left:
-                    self._state = _State.HEAD
-            elif state is _State.CHUNK_DATA:
-                n = min(self._left, end - pos)
-                out.append(data[pos:pos + n])
-                self._left -= n
-                pos += n
-                if not self._left:
-                    self._state = _State.CHUNK_END
+                    self._state = _State.HEAD if state is _State.LENGTH else _State.CHUNK_END
             elif state in (_State.CHUNK_LINE, _State.CHUNK_END, _State.TRAILER):
                 pos = self._read_chunk_line(data, pos, out)
             elif state is _State.PASS:
