@@ -9,7 +9,6 @@ import ast
 import hashlib
 import random
 import sqlite3
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,18 +16,11 @@ import pytest
 
 from recsink.bodies import DIRECT_MIN
 from tests.conftest import RunningServer, kazoo_put, path_a, stored_files
+from tests.faults.support import noise_wav
 from tests.test_connections import Wire
 
 MiB = 1024 * 1024
 RECSINK = Path(__file__).resolve().parent.parent / "recsink"
-
-
-def noise_wav(size: int, seed: int) -> bytes:
-    """A 16-bit mono 8 kHz WAV of ``size`` bytes holding noise."""
-    data = random.Random(seed).randbytes(size - 44)
-    return (b"RIFF" + struct.pack("<I", size - 8) + b"WAVEfmt "
-            + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
-            + b"data" + struct.pack("<I", len(data)) + data)
 
 
 @pytest.fixture
@@ -45,7 +37,7 @@ def test_large_raw_upload_is_stored_whole_and_ends_its_connection(
         server: RunningServer) -> None:
     """A raw upload with more than DIRECT_MIN bytes still to come is read off the event loop:
     stored byte for byte (sha256 checked), answered 201 with ``Connection: close``."""
-    body = noise_wav(3 * MiB + 123, seed=1)
+    body = noise_wav(3 * MiB + 123, random.Random(1))
     wire = Wire(server.port)
     wire.send(kazoo_put(path_a("big", "202612-big"), len(body)) + body)
     reply = wire.answer()
@@ -63,7 +55,7 @@ def test_small_uploads_keep_the_connection(server: RunningServer) -> None:
     connection."""
     wire = Wire(server.port)
     for n in range(2):
-        body = noise_wav(DIRECT_MIN // 2, seed=10 + n)
+        body = noise_wav(DIRECT_MIN // 2, random.Random(10 + n))
         wire.send(kazoo_put(path_a(f"small{n}", f"202612-small{n}"), len(body)) + body)
         reply = wire.answer()
         assert reply.status == 201, reply.body
@@ -88,7 +80,7 @@ def test_refused_large_body_gets_its_answer_before_the_connection_closes(
 def test_stalled_large_body_is_failed_after_the_idle_timeout(server: RunningServer) -> None:
     """A large body that stops arriving is failed with 408 ``body_timeout`` after
     server.body_idle_timeout; nothing is stored and no staging file is left."""
-    body = noise_wav(2 * MiB, seed=2)
+    body = noise_wav(2 * MiB, random.Random(2))
     wire = Wire(server.port)
     wire.send(kazoo_put(path_a("stall", "202612-stall"), len(body)) + body[:DIRECT_MIN * 2])
     reply = wire.answer()
@@ -102,7 +94,7 @@ def test_stalled_large_body_is_failed_after_the_idle_timeout(server: RunningServ
 def test_raw_utf8_in_a_pipelined_request_is_accepted(server: RunningServer) -> None:
     """Raw UTF-8 in the query of a request pipelined behind an upload's body is taken like
     the first one's (specs/kazoo.md §8.1): both uploads are stored, with the caller name."""
-    bodies = [noise_wav(4096, seed=3), noise_wav(4096, seed=4)]
+    bodies = [noise_wav(4096, random.Random(3)), noise_wav(4096, random.Random(4))]
     wire = Wire(server.port)
     wire.send(b"".join(
         kazoo_put(path_a(f"utf{n}", f"202612-utf{n}") + "&caller_id_name=José", len(body))
@@ -132,7 +124,7 @@ def test_chunked_framing_broken_mid_body_fails_the_upload(server: RunningServer)
     """A chunked upload whose framing breaks after its head reached the handler is answered
     with a JSON 400 ``bad_request`` (not aiohttp's plain text), nothing is stored, and the
     connection closes."""
-    body = noise_wav(8192, seed=5)
+    body = noise_wav(8192, random.Random(5))
     wire = Wire(server.port)
     wire.send((f"PUT {path_a('chunk', '202612-chunk')} HTTP/1.1\r\nhost: x\r\n"
                "content-type: audio/wav\r\ntransfer-encoding: chunked\r\n"
@@ -172,7 +164,7 @@ def test_uvloop_serves_the_same_byte_path(start_server: Callable[..., RunningSer
     """With server.event_loop = "uvloop", a large raw upload is read by its thread and
     stored whole, and raw UTF-8 in a query is accepted."""
     server = start_server(server={"event_loop": "uvloop"})
-    body = noise_wav(2 * MiB, seed=7)
+    body = noise_wav(2 * MiB, random.Random(7))
     wire = Wire(server.port)
     wire.send(kazoo_put(path_a("uv", "202612-uv") + "&caller_id_name=José", len(body)) + body)
     reply = wire.answer()
