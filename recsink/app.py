@@ -25,7 +25,7 @@ from recsink.bodies import DETACHED
 from recsink.catalog import Catalog, open_catalog
 from recsink.commit import Commits
 from recsink.config import FetchBucket, Settings
-from recsink.connections import REFUSAL_PATH, refused_answer
+from recsink.connections import REFUSAL_PATH
 from recsink.errors import Forbidden, NotFound, RecsinkError, Unauthorized, Unavailable
 from recsink.fetch import Fetcher
 from recsink.ingest import Ingestor
@@ -230,18 +230,10 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 
 async def _refused(request: web.Request) -> web.StreamResponse:
     """The answer to a head :class:`recsink.connections.Connection` refused before aiohttp
-    parsed it (it stands in its place): the refusal, as JSON, closing the connection."""
+    parsed it (this request stands in its place and asks to close the connection): the
+    refusal, raised for the middleware to answer and log like every other."""
     refusals = request.app[state.SERVING].registry.refusals
-    refusal = refusals.pop(request.match_info["token"], None)
-    if refusal is None:
-        raise NotFound("not_found", "Not Found")
-    error, status = refused_answer(refusal)
-    logs.get_logger().warning("request.rejected", status=status, error=error.code,
-                              detail=error.detail, remote=request.remote,
-                              request_id=request_id(request))
-    response = error_response(error, status)
-    response.force_close()
-    return response
+    raise refusals.pop(request.match_info["token"], None) or NotFound("not_found", "Not Found")
 
 
 @web.middleware

@@ -46,7 +46,7 @@ from aiohttp.http import HttpRequestParser
 from aiohttp.http_exceptions import HttpProcessingError
 
 from recsink import logs
-from recsink.errors import Malformed, RecsinkError
+from recsink.errors import HeadTooLarge, Malformed, RecsinkError
 from recsink.metrics import Metrics
 
 #: Seconds between two log lines about connections refused at the cap.
@@ -358,8 +358,8 @@ class Connection(asyncio.BufferedProtocol):
             return len(data)
         if found < 0:
             if len(buffer) > HEAD_MAX:
-                self._refuse(Malformed("bad_request", "malformed request: the request head "
-                                       f"is over {HEAD_MAX} bytes"), out, 431)
+                self._refuse(HeadTooLarge("bad_request", "malformed request: the request "
+                                          f"head is over {HEAD_MAX} bytes"), out)
             return len(data)
         head_len = found + len(_HEAD_END)
         consumed = len(data) - (len(buffer) - head_len)
@@ -397,8 +397,10 @@ class Connection(asyncio.BufferedProtocol):
             message = self._parse(head)
         except HttpProcessingError as exc:
             status = exc.code if 400 <= exc.code < 500 else 400
+            kind = HeadTooLarge if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE \
+                else Malformed
             detail = (exc.message or HTTPStatus(status).phrase)[:DETAIL_MAX]
-            self._refuse(Malformed("bad_request", f"malformed request: {detail}"), out, status)
+            self._refuse(kind("bad_request", f"malformed request: {detail}"), out)
             return
         except ValueError as exc:  # a target yarl cannot take
             self._refuse(Malformed("bad_request", f"malformed request: {exc}"[:DETAIL_MAX]), out)
@@ -492,11 +494,10 @@ class Connection(asyncio.BufferedProtocol):
         if head.content is not None:
             head.content.set_exception(error)
 
-    def _refuse(self, error: RecsinkError, out: list[bytes], status: int = 400) -> None:
+    def _refuse(self, error: RecsinkError, out: list[bytes]) -> None:
         """Answer a refused head through aiohttp, after what came before it: aiohttp gets a
         request for the refusal route in its place, and nothing after it."""
         token = secrets.token_hex(8)
-        error.fields["status"] = status
         self._registry.refusals[token] = error
         self._heads += 1
         self._current = None
@@ -529,10 +530,4 @@ class Connection(asyncio.BufferedProtocol):
         logs.get_logger().info("connection.header_timeout",
                                peer=str(transport.get_extra_info("peername")))
         transport.close()
-
-
-def refused_answer(error: RecsinkError) -> tuple[RecsinkError, int]:
-    """A refusal's error and status (:meth:`Connection._refuse` put it there)."""
-    status = error.fields.pop("status", 400)
-    return error, int(status)
 

@@ -57,6 +57,10 @@ class Malformed(RecsinkError):
     format says (a body that broke off or is shorter than declared included)."""
 
 
+class HeadTooLarge(Malformed):
+    """A request head over the size recsink or aiohttp's parser takes (431)."""
+
+
 class Unauthorized(RecsinkError):
     """Credentials or a callback signature are missing or wrong; ``challenge`` names the
     scheme to answer with (``Basic realm="recsink"``), if any."""

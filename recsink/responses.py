@@ -16,6 +16,7 @@ from aiohttp import hdrs, web
 from recsink.errors import (
     Forbidden,
     Full,
+    HeadTooLarge,
     Locked,
     Malformed,
     NotAudio,
@@ -31,6 +32,7 @@ from recsink.errors import (
 #: Each kind of domain error and its status; subclasses answer as their nearest listed base.
 STATUSES: Final[dict[type[RecsinkError], int]] = {
     Malformed: 400,
+    HeadTooLarge: 431,
     Unauthorized: 401,
     Forbidden: 403,
     NotFound: 404,
