@@ -215,8 +215,7 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
         # its connection counts it here, to match the requests that follow to their heads.
         if (connection := request.app[state.SERVING].registry.of(request)) is not None:
             connection.attach(request)
-        error = RecsinkError(response.reason.lower().replace(" ", "_"),
-                             (response.text or response.reason)[:200])
+        error = _http_error(response, (response.text or response.reason)[:200])
         logs.get_logger().warning("request.rejected", status=response.status,
                                   error=error.code, detail=error.detail,
                                   method=request.method, remote=request.remote,
@@ -226,6 +225,12 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
         response.body = body
         response.content_type = "application/json"
         response.headers[hdrs.CONTENT_LENGTH] = str(len(body))
+
+
+def _http_error(exc: web.HTTPException, detail: str) -> RecsinkError:
+    """An error aiohttp decided (a 404, 405, 417, …) as recsink's: its reason is the code
+    (``Expectation Failed`` -> ``expectation_failed``)."""
+    return RecsinkError(exc.reason.lower().replace(" ", "_"), detail)
 
 
 async def _refused(request: web.Request) -> web.StreamResponse:
@@ -259,7 +264,7 @@ async def request_context(request: web.Request, handler: _Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = RecsinkError(exc.reason.lower().replace(" ", "_"), exc.reason)
+        error = _http_error(exc, exc.reason)
         _log_error(request, error, exc.status, started)
         response = error_response(error, exc.status)
         if exc.status == 405:
