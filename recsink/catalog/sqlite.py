@@ -73,32 +73,18 @@ class SqliteCatalog(Catalog):
         """Open (creating if needed) the catalog at ``path`` and bring its schema up to
         date (unless ``migrate`` is False). Raises :class:`CatalogUnavailable`,
         :class:`SchemaTooNew`."""
+        loop = asyncio.get_running_loop()
+        writer = ThreadPoolExecutor(1, thread_name_prefix="recsink-sqlite")
+        conn: sqlite3.Connection | None = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise CatalogUnavailable(f"cannot open {path}: {exc}") from exc
-        try:
-            await db.execute("PRAGMA busy_timeout=5000")
-            with contextlib.suppress(sqlite3.OperationalError):  # a full disk: WAL already
-                await db.execute("PRAGMA journal_mode=WAL")
-            await db.execute("PRAGMA synchronous=FULL")
-            await _migrate(db, path, apply=migrate)
+            conn = await loop.run_in_executor(writer, _connect, path, migrate)
             reader = await aiosqlite.connect(path, isolation_level=None)
             await reader.execute("PRAGMA query_only=1")
             await reader.execute("PRAGMA busy_timeout=5000")
         except BaseException as exc:
-            await db.close()
-            if isinstance(exc, sqlite3.Error):
-                raise CatalogUnavailable(f"{path}: {exc}") from exc
-            raise
-        await db.close()
-        writer = ThreadPoolExecutor(1, thread_name_prefix="recsink-sqlite")
-        try:
-            conn = await asyncio.get_running_loop().run_in_executor(writer, _connect, path)
-        except BaseException as exc:
+            if conn is not None:
+                await loop.run_in_executor(writer, conn.close)
             writer.shutdown(wait=False)
-            await reader.close()
             if isinstance(exc, sqlite3.Error):
                 raise CatalogUnavailable(f"{path}: {exc}") from exc
             raise
@@ -164,12 +150,25 @@ class SqliteCatalog(Catalog):
             write.answer(rows, error)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, migrate: bool) -> sqlite3.Connection:
     """Blocking, on the writer's thread: the writer connection (autocommit; transactions
-    are explicit)."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout=5000")
-    db.execute("PRAGMA synchronous=FULL")
+    are explicit), its schema brought up to date unless ``migrate`` is False. Raises
+    :class:`CatalogUnavailable` when the file cannot be opened, :class:`SchemaTooNew`,
+    ``sqlite3.Error``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise CatalogUnavailable(f"cannot open {path}: {exc}") from exc
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        with contextlib.suppress(sqlite3.OperationalError):  # a full disk: WAL already
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        _migrate(db, path, apply=migrate)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -210,25 +209,25 @@ def _run_batch(db: sqlite3.Connection,
     return outcomes
 
 
-async def _migrate(db: aiosqlite.Connection, path: Path, *, apply: bool) -> None:
-    """Apply the missing migrations in one ``BEGIN IMMEDIATE`` transaction."""
-    version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+def _migrate(db: sqlite3.Connection, path: Path, *, apply: bool) -> None:
+    """Blocking: apply the missing migrations in one ``BEGIN IMMEDIATE`` transaction."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > LATEST:
         raise SchemaTooNew("schema_too_new", too_new(version, str(path)))
     if version == LATEST or not apply:
         return
-    await db.execute("BEGIN IMMEDIATE")
+    db.execute("BEGIN IMMEDIATE")
     try:
-        version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         for target, script in migrations("sqlite").items():
             if target > version:
                 for statement in _statements(script):
-                    await db.execute(statement)
-        await db.execute(f"PRAGMA user_version={LATEST}")
-        await db.execute("COMMIT")
+                    db.execute(statement)
+        db.execute(f"PRAGMA user_version={LATEST}")
+        db.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
-            await db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
         raise
 
 
