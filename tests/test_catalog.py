@@ -287,17 +287,24 @@ async def test_three_instances_start_together_on_an_empty_database(pg_dsn: str) 
             await catalog.close()
 
 
+def sqlite_at_schema(path: Path, version: int) -> sqlite3.Connection:
+    """A SQLite catalog file at ``path`` with the migrations up to ``version`` applied, as
+    a release of that schema left it (use as a context manager: commits on exit)."""
+    db = sqlite3.connect(path)
+    for target, script in migrations("sqlite").items():
+        if target <= version:
+            db.executescript(script)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
+
+
 async def test_upgrading_sqlite_settles_old_uploads_and_revives_sinch(tmp_path: Path) -> None:
     """A catalog of the previous schema (3) is migrated in place: an upload left
     ``uploading`` gets an expired lease (so it is settled like any interrupted upload), and
     a Sinch ``recording_finished`` record that the previous version's start-up wrongly failed
     goes back to ``uploading``."""
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        for version, script in migrations("sqlite").items():
-            if version <= 3:
-                db.executescript(script)
-        db.execute("PRAGMA user_version = 3")
+    with sqlite_at_schema(path, 3) as db:
         now = "2026-11-01T00:00:00Z"
         for rid, source, status, error in (("up", "kazoo", "uploading", None),
                                            ("fin", "sinch", "failed", "interrupted")):
@@ -336,11 +343,7 @@ async def test_upgrading_sqlite_with_nonstandard_metadata_json(tmp_path: Path) -
     """A catalog of schema 10 whose metadata holds ``Infinity`` (written before metadata
     was kept to standard JSON) migrates: the number index skips what it cannot read."""
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        for version, script in migrations("sqlite").items():
-            if version <= 10:
-                db.executescript(script)
-        db.execute("PRAGMA user_version = 10")
+    with sqlite_at_schema(path, 10) as db:
         now = "2026-11-01T00:00:00Z"
         db.execute("INSERT INTO recordings (id, idempotency_key, source, status, from_uri, "
                    "metadata, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
